@@ -1,1 +1,11 @@
-//! petct-node: a DICOM-native PET/CT AI node. See DESIGN.md for the data flow.
+//! petct-node: a DICOM-native PET/CT AI node. Modules follow the data flow of DESIGN.md:
+//! `dimse` receives, `ingest` checks and indexes into `store` and `db`, `server` wires them.
+
+pub mod cli;
+pub mod config;
+pub mod db;
+pub mod dimse;
+pub mod ids;
+pub mod ingest;
+pub mod server;
+pub mod store;

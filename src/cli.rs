@@ -1,0 +1,212 @@
+//! The command line: parsing and the small admin commands. `main.rs` only calls [`main`].
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::db::Db;
+
+#[derive(Parser)]
+#[command(name = "petct-node", version, about = "DICOM-native PET/CT AI node")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(clap::Args)]
+pub struct ConfigArg {
+    /// The node's TOML configuration.
+    #[arg(long, short, env = "PETCT_CONFIG", default_value = "/etc/petct-node/petct-node.toml")]
+    pub config: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Run the DICOM node: receive, store, track series and queue jobs.
+    Serve(ConfigArg),
+    /// Check a configuration file and explain every error with the key that caused it.
+    CheckConfig {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Studies the node has received.
+    Studies {
+        #[command(subcommand)]
+        action: ListAction,
+    },
+    /// Jobs: one per PET series and its CT.
+    Jobs {
+        #[command(subcommand)]
+        action: ListAction,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum ListAction {
+    /// List them, newest first (studies) or by id (jobs).
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON document on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,sqlx=warn".into());
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Serve(c) => {
+            let settings = Config::load(&c.config)?;
+            runtime()?.block_on(crate::server::serve(settings))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { file } => match Config::load(&file) {
+            Ok(s) => {
+                println!(
+                    "{}: OK (AE {} on {}, {} peer(s){}, storage {}, database {})",
+                    file.display(),
+                    s.ae_title,
+                    s.bind,
+                    s.peers.len(),
+                    if s.allow_any_caller { ", any caller allowed" } else { "" },
+                    s.storage_dir.display(),
+                    redact_url(&s.database_url)
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                Ok(ExitCode::from(2))
+            }
+        },
+        Command::Studies { action: ListAction::List { config, json } } => {
+            let rows = runtime()?
+                .block_on(async { open_db(&config.config).await?.list_studies().await.map_err(anyhow::Error::from) })?;
+            if json {
+                println!("{}", serde_json::json!({ "studies": rows }));
+            } else {
+                println!(
+                    "{:<64}  {:<10}  {:<8}  SERIES (modality instances[/expected] state)",
+                    "STUDY UID", "DATE", "PATIENT"
+                );
+                for s in rows {
+                    let series: Vec<String> = s
+                        .series
+                        .iter()
+                        .map(|r| {
+                            let expected = r.number_of_slices.map(|n| format!("/{n}")).unwrap_or_default();
+                            format!(
+                                "{} {}{} {}",
+                                r.modality,
+                                r.instance_count,
+                                expected,
+                                if r.complete { "complete" } else { "receiving" }
+                            )
+                        })
+                        .collect();
+                    println!(
+                        "{:<64}  {:<10}  {:<8}  {}",
+                        s.study_uid,
+                        s.study_date.unwrap_or_default(),
+                        s.patient_id.unwrap_or_default(),
+                        series.join(", ")
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { action: ListAction::List { config, json } } => {
+            let rows = runtime()?
+                .block_on(async { open_db(&config.config).await?.list_jobs().await.map_err(anyhow::Error::from) })?;
+            if json {
+                println!("{}", serde_json::json!({ "jobs": rows }));
+            } else {
+                println!(
+                    "{:>5}  {:<10}  {:<20}  {:<20}  {:<8}  {:<4}  PET SERIES -> CT SERIES",
+                    "ID", "STATE", "CREATED", "FINISHED", "REG", "TRY"
+                );
+                for j in rows {
+                    println!(
+                        "{:>5}  {:<10}  {:<20}  {:<20}  {:<8}  {:<4}  {} -> {}{}",
+                        j.id,
+                        j.state,
+                        format_ms(Some(j.created_at_ms)),
+                        format_ms(j.finished_at_ms),
+                        if j.needs_registration { "needed" } else { "same FoR" },
+                        j.attempts,
+                        j.pet_series_uid,
+                        j.ct_series_uid,
+                        j.last_error.map(|e| format!("  error: {e}")).unwrap_or_default()
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn open_db(config: &Path) -> anyhow::Result<Db> {
+    let s = Config::load(config)?;
+    Ok(Db::connect(&s.database_url, 2).await?)
+}
+
+fn format_ms(ms: Option<i64>) -> String {
+    let Some(ms) = ms else { return "-".into() };
+    let fmt = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&fmt).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// Hides a password in a database URL before printing it.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(super::redact_url("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(super::redact_url("sqlite://var/x.db"), "sqlite://var/x.db");
+    }
+}

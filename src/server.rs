@@ -1,0 +1,100 @@
+//! `serve`: wires configuration, store, database, ingest and the SCP together, runs the series
+//! sweep, and shuts down gracefully on SIGTERM/SIGINT.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::db::{Db, DbError};
+use crate::dimse::{Scp, ScpSettings};
+use crate::ingest::Ingest;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("listening on {addr}: {source}")]
+    Bind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error("installing signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// Runs the node until SIGTERM or SIGINT.
+pub async fn serve(settings: Settings) -> Result<(), ServeError> {
+    let cancel = CancellationToken::new();
+    let signals = shutdown_signal().map_err(ServeError::Signals)?;
+    let on_signal = cancel.clone();
+    tokio::spawn(async move {
+        signals.await;
+        info!("shutdown requested: no new associations; finishing in-flight instances");
+        on_signal.cancel();
+    });
+    run(settings, cancel, |addr| info!(%addr, "listening")).await
+}
+
+/// The node's main loop, stopped by `cancel`. `on_listen` sees the bound address (port 0 works).
+pub async fn run(
+    settings: Settings,
+    cancel: CancellationToken,
+    on_listen: impl FnOnce(std::net::SocketAddr),
+) -> Result<(), ServeError> {
+    let store = Arc::new(Store::open(&settings.storage_dir, settings.min_free_bytes)?);
+    let db = Db::connect(&settings.database_url, settings.database_max_connections).await?;
+    info!(backend = ?db.backend(), storage = %settings.storage_dir.display(), "store and database ready");
+    let ingest = Arc::new(Ingest::new(store, db.clone(), settings.ct_quiet_period));
+    let listener =
+        TcpListener::bind(settings.bind).await.map_err(|source| ServeError::Bind { addr: settings.bind, source })?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: settings.bind, source })?;
+    on_listen(addr);
+
+    let tracker = TaskTracker::new();
+    let sweeper = {
+        let ingest = ingest.clone();
+        let cancel = cancel.clone();
+        // Check often enough that a CT completes within a quarter period of going quiet.
+        let every = (settings.ct_quiet_period / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tick.tick() => ingest.sweep().await,
+                }
+            }
+        })
+    };
+    let scp = Scp::new(ScpSettings::from(&settings), ingest);
+    scp.serve(listener, cancel.clone(), tracker.clone()).await;
+    tracker.close();
+    if tokio::time::timeout(settings.shutdown_deadline, tracker.wait()).await.is_err() {
+        warn!(
+            deadline_s = settings.shutdown_deadline.as_secs_f64(),
+            "associations still open at the shutdown deadline; exiting"
+        );
+    }
+    let _ = sweeper.await;
+    db.close().await;
+    info!("stopped");
+    Ok(())
+}
+
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
+}
