@@ -452,8 +452,10 @@ impl Db {
             .and_then(|r| r.try_get(0))
             .map_err(q("reading job id"))?;
             sqlx::query(
-                "UPDATE jobs SET state = 'superseded', superseded_by = $2, finished_at = $3 \
-                 WHERE pet_series_uid = $1 AND id <> $2 AND state IN ('queued', 'running')",
+                // Also links jobs that a new instance already superseded to their successor.
+                "UPDATE jobs SET state = 'superseded', superseded_by = $2, finished_at = COALESCE(finished_at, $3) \
+                 WHERE pet_series_uid = $1 AND id <> $2 \
+                   AND (state IN ('queued', 'running') OR (state = 'superseded' AND superseded_by IS NULL))",
             )
             .bind(&pet.uid)
             .bind(id)

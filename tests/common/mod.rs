@@ -455,3 +455,115 @@ pub fn append_line(path: &Path, line: &str) {
     let mut f = OpenOptions::new().append(true).open(path).unwrap();
     writeln!(f, "{line}").unwrap();
 }
+
+/// Servers such as Orthanc bind every interface. Tests that start them run in a private network
+/// namespace with only loopback: when not already in one, this re-runs the named test inside
+/// `unshare -n` and returns false (the caller then returns; the child's result is asserted).
+pub fn in_private_network(test_name: &str) -> bool {
+    let links = Command::new("ip").args(["-o", "link", "show"]).output().expect("ip (iproute2)");
+    let links = String::from_utf8_lossy(&links.stdout);
+    if links.lines().all(|l| l.contains(": lo:")) {
+        return true;
+    }
+    let me = std::env::current_exe().unwrap();
+    let mut cmd = Command::new("unshare");
+    cmd.args(["-n", "--", "sh", "-c", "ip link set lo up && exec \"$@\"", "sh"]).arg(me).args([
+        "--exact",
+        test_name,
+        "--nocapture",
+    ]);
+    if std::env::var("PETCT_TEST_POSTGRES_URL").is_err() {
+        // Inside the namespace PostgreSQL is reachable only through its Unix socket.
+        cmd.env("PETCT_TEST_POSTGRES_URL", "postgres://postgres@localhost/{db}?host=/var/run/postgresql&port=5432");
+    }
+    let out = cmd.output().expect("unshare");
+    assert_success(&out, &format!("{test_name} in a private network namespace"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 passed"), "{test_name} did not run in the namespace");
+    false
+}
+
+/// A free TCP port on loopback (a tiny race with other binders is acceptable in tests).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A real Orthanc PACS on loopback with its own storage.
+pub struct Orthanc {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    pub http_port: u16,
+    pub dicom_port: u16,
+}
+
+impl Orthanc {
+    /// Starts Orthanc with `modalities` as `(name, ae, port)` it may send to.
+    pub fn start(modalities: &[(&str, &str, u16)]) -> Self {
+        require_tool("Orthanc");
+        let dir = tempfile::tempdir().unwrap();
+        let (http_port, dicom_port) = (free_port(), free_port());
+        let mods: serde_json::Map<String, Value> = modalities
+            .iter()
+            .map(|(name, ae, port)| (name.to_string(), serde_json::json!([ae, "127.0.0.1", port])))
+            .collect();
+        let config = serde_json::json!({
+            "Name": "petct-test",
+            "StorageDirectory": dir.path().join("storage"),
+            "IndexDirectory": dir.path().join("index"),
+            "DicomAet": "ORTHANC",
+            "DicomPort": dicom_port,
+            "HttpPort": http_port,
+            "RemoteAccessAllowed": false,
+            "AuthenticationEnabled": false,
+            "DicomModalities": mods,
+            "DicomScuTimeout": 60,
+            "Plugins": [],
+        });
+        let path = dir.path().join("orthanc.json");
+        fs::write(&path, serde_json::to_vec_pretty(&config).unwrap()).unwrap();
+        let log = fs::File::create(dir.path().join("orthanc.log")).unwrap();
+        let child = Command::new("Orthanc")
+            .arg(&path)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting Orthanc");
+        let o = Self { child, dir, http_port, dicom_port };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while o.get("/system").is_none() {
+            assert!(Instant::now() < deadline, "Orthanc did not start: {}", o.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        o
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("orthanc.log")).unwrap_or_default()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.http_port)
+    }
+
+    pub fn get(&self, path: &str) -> Option<Value> {
+        let out = Command::new("curl").args(["-sf", &self.url(path)]).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// POSTs `body` (a file with `@path`, or literal text) and returns the JSON answer.
+    pub fn post(&self, path: &str, body: &str) -> Value {
+        let out =
+            Command::new("curl").args(["-sfS", "-X", "POST", &self.url(path), "--data-binary", body]).output().unwrap();
+        assert_success(&out, &format!("POST {path}"));
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+}
+
+impl Drop for Orthanc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
