@@ -36,15 +36,16 @@ fi
 # Tests reach PostgreSQL through its Unix socket: inside the network namespace TCP to the host's
 # 127.0.0.1 is not reachable. `{db}` is replaced by a fresh database name per test.
 pg_cleanup() { :; }
+# PETCT_TEST_OWN_POSTGRES=1 forces the throwaway cluster (to test this path).
 if [ -z "${PETCT_TEST_POSTGRES_URL:-}" ]; then
-  if pg_isready -q -h /var/run/postgresql -p 5432 2>/dev/null && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
+  if [ -z "${PETCT_TEST_OWN_POSTGRES:-}" ] && pg_isready -q -h /var/run/postgresql -p 5432 2>/dev/null && pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
     export PETCT_TEST_POSTGRES_URL="postgres://postgres@localhost/{db}?host=/var/run/postgresql&port=5432"
   else
     pgbin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
     pgdir=$(mktemp -d /tmp/petct-pg.XXXXXX)
     chown postgres "$pgdir"
     log "no PostgreSQL on 127.0.0.1:5432: starting a throwaway cluster in $pgdir"
-    su postgres -s /bin/sh -c "$pgbin/initdb -q -D $pgdir/data -A trust -U postgres" >/dev/null
+    su postgres -s /bin/sh -c "$pgbin/initdb -D $pgdir/data -A trust -U postgres" >/dev/null
     su postgres -s /bin/sh -c "$pgbin/pg_ctl -w -D $pgdir/data -l $pgdir/log -o \"-k $pgdir -p 55432 -c listen_addresses=127.0.0.1\" start" >/dev/null
     pg_cleanup() { su postgres -s /bin/sh -c "$pgbin/pg_ctl -D $pgdir/data -m fast stop" >/dev/null 2>&1 || true; rm -rf "$pgdir"; }
     export PETCT_TEST_POSTGRES_URL="postgres://postgres@localhost/{db}?host=$pgdir&port=55432"

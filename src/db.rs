@@ -78,6 +78,14 @@ pub struct InstanceRecord {
     pub received_at_ms: i64,
 }
 
+/// What the index knows of a stored instance.
+#[derive(Debug, Clone)]
+pub struct InstanceDigest {
+    pub sha256: String,
+    pub series_uid: String,
+    pub path: String,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recorded {
     /// A new instance, or new bytes for a known one; `superseded_jobs` were waiting on the old
@@ -208,14 +216,16 @@ impl Db {
         self.pool.close().await;
     }
 
-    /// The stored checksum and series of an instance, if it is indexed.
-    pub async fn instance_digest(&self, sop_instance_uid: &str) -> Result<Option<(String, String)>, DbError> {
-        let row = sqlx::query("SELECT sha256, series_uid FROM instances WHERE sop_instance_uid = $1")
+    /// The stored checksum, series and path of an instance, if it is indexed.
+    pub async fn instance_digest(&self, sop_instance_uid: &str) -> Result<Option<InstanceDigest>, DbError> {
+        let row = sqlx::query("SELECT sha256, series_uid, path FROM instances WHERE sop_instance_uid = $1")
             .bind(sop_instance_uid)
             .fetch_optional(&self.pool)
             .await
             .map_err(q("looking up instance"))?;
-        row.map(|r| Ok((r.try_get(0)?, r.try_get(1)?))).transpose().map_err(q("reading instance row"))
+        row.map(|r| Ok(InstanceDigest { sha256: r.try_get(0)?, series_uid: r.try_get(1)?, path: r.try_get(2)? }))
+            .transpose()
+            .map_err(q("reading instance row"))
     }
 
     /// Indexes an instance whose file is already durable, in one transaction with its study and

@@ -1,9 +1,9 @@
 //! From a received data set to a durable, indexed instance; then series completion and pairing.
 //! Implements the SCP's [`StoreHandler`]: every failure maps to a C-STORE status with a comment.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
@@ -12,7 +12,7 @@ use dicom_object::InMemDicomObject;
 use dicom_object::meta::FileMetaTableBuilder;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 use sha2::{Digest, Sha256};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::db::{Db, DbError, InstanceRecord, Recorded};
 use crate::dimse::{Status, StoreHandler, StoreRequest};
@@ -66,6 +66,7 @@ impl Ingest {
     }
 
     async fn ingest(&self, req: StoreRequest) -> Result<Status, Refusal> {
+        let started = Instant::now();
         let StoreRequest {
             calling_ae,
             context_sop_class_uid,
@@ -104,12 +105,19 @@ impl Ingest {
         .await
         .map_err(|e| refuse(Status::PROCESSING_FAILURE, format!("parser task failed: {e}")))?;
         let Parsed { mut record, study, series, instance } = parsed?;
+        let parsed_at = Instant::now();
 
         match self.db.instance_digest(&record.sop_instance_uid).await {
-            Ok(Some((_, series))) if series != record.series_uid => {
+            Ok(Some(known)) if known.series_uid != record.series_uid => {
                 return Err(refuse(Status::CANNOT_UNDERSTAND, "SOP Instance UID already stored in another series"));
             }
-            Ok(Some((sha, _))) if sha == record.sha256 => return Ok(Status::success()),
+            // Identical bytes already indexed: nothing to do, provided the file is really there
+            // (after a power loss an index row can outlive an unsynced rename).
+            Ok(Some(known))
+                if known.sha256 == record.sha256 && self.store.absolute(Path::new(&known.path)).is_file() =>
+            {
+                return Ok(Status::success());
+            }
             Ok(_) => {}
             Err(e) => return Err(db_refusal(e)),
         }
@@ -119,15 +127,29 @@ impl Ingest {
         let file_meta = file_meta(&record).map_err(|e| refuse(Status::PROCESSING_FAILURE, e))?;
         let store = self.store.clone();
         let rel: PathBuf = relative.clone();
-        tokio::task::spawn_blocking(move || store.write_durably(&rel, &[&file_meta, &data_set]))
+        let dir = tokio::task::spawn_blocking(move || store.write_and_rename(&rel, &[&file_meta, &data_set]))
             .await
             .map_err(|e| refuse(Status::PROCESSING_FAILURE, format!("writer task failed: {e}")))?
             .map_err(|e| {
                 warn!(error = %e, "writing instance failed");
                 refuse(Status::OUT_OF_RESOURCES, "cannot write instance file")
             })?;
-
-        match self.db.record_instance(&record).await {
+        let written_at = Instant::now();
+        // The directory fsync and the database commit are independent: run them together (on
+        // journaling file systems they share one journal commit). Both finish before Success.
+        let (synced, recorded) = tokio::join!(
+            tokio::task::spawn_blocking(move || crate::store::sync_dir(&dir)),
+            self.db.record_instance(&record)
+        );
+        match synced {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "syncing instance directory failed");
+                return Err(refuse(Status::OUT_OF_RESOURCES, "cannot sync instance file"));
+            }
+            Err(e) => return Err(refuse(Status::PROCESSING_FAILURE, format!("sync task failed: {e}"))),
+        }
+        match recorded {
             Ok(Recorded::Stored { replaced, superseded_jobs }) => {
                 if replaced {
                     info!(sop_instance_uid = %record.sop_instance_uid, "instance replaced with new content");
@@ -139,13 +161,19 @@ impl Ingest {
             Ok(Recorded::Duplicate) => {}
             Err(e @ (DbError::SeriesInOtherStudy { .. } | DbError::InstanceInOtherSeries { .. })) => {
                 warn!(error = %e, "conflicting instance refused");
-                // The file written above held different content under the same UID only if the
-                // instance was new to this series; a conflict means it was not, so remove ours.
+                // The file just written sits under this (conflicting) series: remove it.
                 let _ = std::fs::remove_file(self.store.absolute(&relative));
                 return Err(refuse(Status::CANNOT_UNDERSTAND, conflict_comment(&e)));
             }
             Err(e) => return Err(db_refusal(e)),
         }
+        debug!(
+            sop_instance_uid = %record.sop_instance_uid,
+            parse_ms = (parsed_at - started).as_secs_f64() * 1e3,
+            write_ms = (written_at - parsed_at).as_secs_f64() * 1e3,
+            sync_and_index_ms = written_at.elapsed().as_secs_f64() * 1e3,
+            "instance stored"
+        );
         if record.modality == "PT" {
             self.evaluate(&record.study_uid).await;
         }

@@ -62,16 +62,17 @@ impl Store {
         Ok(free >= self.min_free_bytes.saturating_add(incoming_bytes))
     }
 
-    /// Writes `parts` as one file at `relative`: temp file, fdatasync, rename, fsync of the
-    /// directory (and of any directory this call created).
-    pub fn write_durably(&self, relative: &Path, parts: &[&[u8]]) -> Result<(), StoreError> {
+    /// Writes `parts` as one file at `relative`: temp file, fdatasync, rename. The caller must
+    /// then make the rename durable with [`sync_dir`] (returned as the directory to sync) before
+    /// acknowledging; that fsync can overlap other durable work such as a database commit.
+    pub fn write_and_rename(&self, relative: &Path, parts: &[&[u8]]) -> Result<PathBuf, StoreError> {
         let dest = self.root.join(relative);
         let werr = |path: &Path| {
             let path = path.to_path_buf();
             move |source| StoreError::Write { path, source }
         };
-        let dir = dest.parent().unwrap_or(&self.root);
-        create_dirs_durably(&self.root, dir).map_err(werr(dir))?;
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        create_dirs_durably(&self.root, &dir).map_err(werr(&dir))?;
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
         let tmp = self.tmp.join(format!("{}-{n}.part", std::process::id()));
         let result = (|| {
@@ -79,16 +80,22 @@ impl Store {
             for p in parts {
                 f.write_all(p)?;
             }
+            // Data first: the final name must never point at a partial file.
             f.sync_data()?;
             drop(f);
-            fs::rename(&tmp, &dest)?;
-            File::open(dir)?.sync_all()
+            fs::rename(&tmp, &dest)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        result.map_err(werr(&dest))
+        result.map_err(werr(&dest))?;
+        Ok(dir)
     }
+}
+
+/// Makes renames into `dir` durable.
+pub fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|source| StoreError::Write { path: dir.to_path_buf(), source })
 }
 
 /// Creates `dir` below `root`, fsyncing each parent whose entry list changed.
@@ -138,9 +145,9 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let uid = |s: &str| Uid::parse(s).unwrap();
         let rel = Store::relative_path(&uid("1.2"), &uid("1.2.3"), &uid("1.2.3.4"));
-        store.write_durably(&rel, &[b"abc", b"def"]).unwrap();
+        sync_dir(&store.write_and_rename(&rel, &[b"abc", b"def"]).unwrap()).unwrap();
         assert_eq!(std::fs::read(store.absolute(&rel)).unwrap(), b"abcdef");
-        store.write_durably(&rel, &[b"new"]).unwrap();
+        sync_dir(&store.write_and_rename(&rel, &[b"new"]).unwrap()).unwrap();
         assert_eq!(std::fs::read(store.absolute(&rel)).unwrap(), b"new");
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
