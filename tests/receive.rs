@@ -354,3 +354,49 @@ fn sigterm_finishes_in_flight_instances_and_exits() {
     assert!(stored.len() >= ok.len(), "{} acknowledged, {} stored", ok.len(), stored.len());
     assert!(node.log().contains("stopped"));
 }
+
+#[test]
+fn associations_beyond_the_limit_are_rejected_transiently() {
+    require_tool("echoscu");
+    let mut opts = NodeOptions::new(Backend::Sqlite);
+    opts.max_associations = 1;
+    let node = Node::start(opts);
+    let held = ClientAssociationOptions::new()
+        .calling_ae_title("TESTSCU")
+        .called_ae_title("PETCT_NODE")
+        .with_abstract_syntax("1.2.840.10008.1.1")
+        .establish(format!("127.0.0.1:{}", node.port).as_str())
+        .expect("first association");
+    let out = node.echoscu("ECHOSCU");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("Rejected Transient") && err.contains("Local Limit Exceeded"),
+        "{err}"
+    );
+    held.release().unwrap();
+    // The slot frees once the held association is released.
+    let mut ok = false;
+    for _ in 0..50 {
+        if node.echoscu("ECHOSCU").status.success() {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(ok, "slot never freed");
+}
+
+#[test]
+fn check_config_names_the_offending_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[node]\nae_title = \"PETCT_NODE\"\n\n[limits]\nmax_pdu_byte = 4096\n").unwrap();
+    let out = Command::new(bin()).args(["check-config"]).arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limits") && err.contains("max_pdu_byte"), "{err}");
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let out = Command::new(bin()).args(["check-config"]).arg(&good).output().unwrap();
+    assert_success(&out, "check-config example.toml");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
+}
