@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
 use crate::db::Db;
 
 #[derive(Parser)]
@@ -102,6 +102,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     redact_url(&s.database_url)
                 );
                 Ok(ExitCode::SUCCESS)
+            }
+            Err(ConfigError::Invalid { path, problems }) => {
+                for (key, message) in problems {
+                    eprintln!("{}: key `{key}`: {message}", path.display());
+                }
+                Ok(ExitCode::from(2))
             }
             Err(e) => {
                 eprintln!("{e}");

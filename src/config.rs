@@ -17,6 +17,8 @@ pub enum ConfigError {
     Syntax { path: PathBuf, message: String },
     #[error("{path}: key `{key}`: {message}")]
     Key { path: PathBuf, key: String, message: String },
+    #[error("{path}: {}", problems.iter().map(|(k, m)| format!("key `{k}`: {m}")).collect::<Vec<_>>().join("; "))]
+    Invalid { path: PathBuf, problems: Vec<(String, String)> },
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,75 +198,101 @@ impl Config {
 
     /// Checks values that types alone cannot: addresses, AE titles, ranges.
     pub fn settings(&self, path: &Path) -> Result<Settings, ConfigError> {
-        let err = |key: &str, message: String| ConfigError::Key { path: path.into(), key: key.into(), message };
-        let ae_title = AeTitle::parse(&self.node.ae_title).map_err(|e| err("node.ae_title", e.to_string()))?;
-        let bind: SocketAddr = self
-            .node
-            .bind
-            .parse()
-            .map_err(|e| err("node.bind", format!("{:?} is not IP:port ({e})", self.node.bind)))?;
+        // Every problem is collected, so an admin fixes the file in one pass.
+        let mut problems: Vec<(String, String)> = Vec::new();
+        let mut check = |key: &str, r: Result<(), String>| {
+            if let Err(m) = r {
+                problems.push((key.to_string(), m));
+            }
+        };
+        let ae_title = AeTitle::parse(&self.node.ae_title);
+        check("node.ae_title", ae_title.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+        let bind = self.node.bind.parse::<SocketAddr>();
+        check("node.bind", bind.as_ref().map(|_| ()).map_err(|e| format!("{:?} is not IP:port ({e})", self.node.bind)));
         let mut peers = Vec::with_capacity(self.peers.len());
         for (i, p) in self.peers.iter().enumerate() {
-            let ae_title =
-                AeTitle::parse(&p.ae_title).map_err(|e| err(&format!("peers[{i}].ae_title"), e.to_string()))?;
-            let hosts = match &p.host {
-                None => None,
-                Some(h) => Some(resolve_host(h).map_err(|m| err(&format!("peers[{i}].host"), m))?),
-            };
-            peers.push(Peer { ae_title, hosts });
+            let ae = AeTitle::parse(&p.ae_title);
+            check(&format!("peers[{i}].ae_title"), ae.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+            let hosts = p.host.as_deref().map(resolve_host).transpose();
+            check(&format!("peers[{i}].host"), hosts.as_ref().map(|_| ()).map_err(Clone::clone));
+            if let (Ok(ae_title), Ok(hosts)) = (ae, hosts) {
+                peers.push(Peer { ae_title, hosts });
+            }
         }
-        if peers.is_empty() && !self.node.allow_any_caller {
-            tracing::warn!(
-                "no [[peers]] configured and node.allow_any_caller is false: every association will be rejected"
-            );
-        }
-        let positive = |key: &str, v: f64| {
+        let seconds = |v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(Duration::from_secs_f64(v))
             } else {
-                Err(err(key, format!("must be a positive number of seconds, got {v}")))
+                Err(format!("must be a positive number of seconds, got {v}"))
             }
         };
+        let quiet = seconds(self.series.ct_quiet_period_s);
+        check("series.ct_quiet_period_s", quiet.as_ref().map(|_| ()).map_err(Clone::clone));
+        let idle = seconds(self.limits.idle_timeout_s);
+        check("limits.idle_timeout_s", idle.as_ref().map(|_| ()).map_err(Clone::clone));
+        let deadline = seconds(self.shutdown.deadline_s);
+        check("shutdown.deadline_s", deadline.as_ref().map(|_| ()).map_err(Clone::clone));
         let l = &self.limits;
-        if l.max_associations == 0 {
-            return Err(err("limits.max_associations", "must be at least 1".into()));
-        }
+        check(
+            "limits.max_associations",
+            if l.max_associations == 0 { Err("must be at least 1".into()) } else { Ok(()) },
+        );
         // PS3.8 allows any PDU size; below 4 kB or above 64 MB is almost surely a typo.
-        if !(4096..=64 << 20).contains(&l.max_pdu_bytes) {
-            return Err(err("limits.max_pdu_bytes", format!("{} is outside 4096..=67108864", l.max_pdu_bytes)));
-        }
-        if l.max_instance_bytes < 1024 {
-            return Err(err(
-                "limits.max_instance_bytes",
-                format!("{} is too small for any DICOM instance", l.max_instance_bytes),
-            ));
-        }
-        let database_url = if self.database.url.is_empty() {
+        check(
+            "limits.max_pdu_bytes",
+            if (4096..=64 << 20).contains(&l.max_pdu_bytes) {
+                Ok(())
+            } else {
+                Err(format!("{} is outside 4096..=67108864", l.max_pdu_bytes))
+            },
+        );
+        check(
+            "limits.max_instance_bytes",
+            if l.max_instance_bytes < 1024 {
+                Err(format!("{} is too small for any DICOM instance", l.max_instance_bytes))
+            } else {
+                Ok(())
+            },
+        );
+        let url = &self.database.url;
+        let database_url = if url.is_empty() {
             format!("sqlite://{}?mode=rwc", self.storage.dir.join("petct-node.db").display())
-        } else if self.database.url.starts_with("postgres://")
-            || self.database.url.starts_with("postgresql://")
-            || self.database.url.starts_with("sqlite:")
-        {
-            self.database.url.clone()
         } else {
-            return Err(err("database.url", "must start with postgres://, postgresql:// or sqlite:".into()));
+            url.clone()
         };
-        Ok(Settings {
-            ae_title,
-            bind,
-            allow_any_caller: self.node.allow_any_caller,
-            peers,
-            storage_dir: self.storage.dir.clone(),
-            min_free_bytes: self.storage.min_free_mb.saturating_mul(1 << 20),
-            database_url,
-            database_max_connections: self.database.max_connections.unwrap_or(16).max(2),
-            ct_quiet_period: positive("series.ct_quiet_period_s", self.series.ct_quiet_period_s)?,
-            max_associations: l.max_associations,
-            max_pdu_bytes: l.max_pdu_bytes,
-            max_instance_bytes: l.max_instance_bytes,
-            idle_timeout: positive("limits.idle_timeout_s", l.idle_timeout_s)?,
-            shutdown_deadline: positive("shutdown.deadline_s", self.shutdown.deadline_s)?,
-        })
+        let known_scheme = ["postgres://", "postgresql://", "sqlite:"].iter().any(|p| database_url.starts_with(p));
+        check(
+            "database.url",
+            if known_scheme { Ok(()) } else { Err("must start with postgres://, postgresql:// or sqlite:".into()) },
+        );
+        match (ae_title, bind, quiet, idle, deadline) {
+            (Ok(ae_title), Ok(bind), Ok(ct_quiet_period), Ok(idle_timeout), Ok(shutdown_deadline))
+                if problems.is_empty() =>
+            {
+                if peers.is_empty() && !self.node.allow_any_caller {
+                    tracing::warn!(
+                        "no [[peers]] configured and node.allow_any_caller is false: every association will be rejected"
+                    );
+                }
+                Ok(Settings {
+                    ae_title,
+                    bind,
+                    allow_any_caller: self.node.allow_any_caller,
+                    peers,
+                    storage_dir: self.storage.dir.clone(),
+                    min_free_bytes: self.storage.min_free_mb.saturating_mul(1 << 20),
+                    database_url,
+                    database_max_connections: self.database.max_connections.unwrap_or(16).max(2),
+                    ct_quiet_period,
+                    max_associations: l.max_associations,
+                    max_pdu_bytes: l.max_pdu_bytes,
+                    max_instance_bytes: l.max_instance_bytes,
+                    idle_timeout,
+                    shutdown_deadline,
+                })
+            }
+            _ => Err(ConfigError::Invalid { path: path.into(), problems }),
+        }
     }
 }
 
@@ -342,6 +370,14 @@ mod tests {
         assert!(e.contains("series.ct_quiet_period_s"), "{e}");
         let e = parse("[storage\n").unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let e = parse("[node]\nbind = \"x\"\nae_title = \"\"\n[limits]\nmax_associations = 0\n").unwrap_err();
+        let ConfigError::Invalid { problems, .. } = e else { panic!("{e}") };
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["node.ae_title", "node.bind", "limits.max_associations"]);
     }
 
     #[test]

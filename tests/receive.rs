@@ -400,3 +400,23 @@ fn check_config_names_the_offending_key() {
     assert_success(&out, "check-config example.toml");
     assert!(String::from_utf8_lossy(&out.stdout).contains("OK"));
 }
+
+#[test]
+fn structured_reports_are_stored_but_never_paired() {
+    require_tool("storescu");
+    let mut opts = NodeOptions::new(Backend::Sqlite);
+    opts.quiet_period_s = 0.2;
+    let node = Node::start(opts);
+    let sr = pydicom_test_files().join("test-SR.dcm");
+    // storescu proposes SR classes only with -R (required contexts from the files).
+    assert_success(&node.storescu("STORESCU", std::slice::from_ref(&sr), &["-R"]), "storescu -R SR");
+    assert_eq!(node.stored_files().len(), 1);
+    let sent = std::fs::read(&sr).unwrap();
+    let got = std::fs::read(&node.stored_files()[0]).unwrap();
+    assert_eq!(data_set_bytes(&sent), data_set_bytes(&got));
+    std::thread::sleep(Duration::from_millis(600));
+    let studies = node.studies();
+    assert_eq!(studies[0]["series"][0]["modality"], "SR");
+    assert_eq!(studies[0]["series"][0]["complete"], false, "SR series take no part in completion");
+    assert!(node.jobs().is_empty());
+}
