@@ -546,7 +546,8 @@ pub struct Model {
     pub patient: Patient,
     prims: Vec<Prim>,
     pub landmarks: Landmarks,
-    bowel_phase: [f64; 6],
+    /// Bowel loop pattern: wave vectors (1/mm) and phases of four products of sines.
+    bowel_waves: [([f64; 3], f64, [f64; 3], f64); 4],
 }
 
 const ANY: u32 = u32::MAX;
@@ -635,14 +636,18 @@ impl Model {
                     h1,
                     f: move |h| {
                         trunk_frame(h).map(|[a, bb, yc]| {
-                            // Thick paraspinal muscles: the cavity sits anteriorly.
+                            // Anterior wall ~18 mm; posteriorly the thorax reaches beside the
+                            // spine to the ribs, the abdomen stops at the psoas/spine front.
+                            let post_off = 25.0 - 20.0 * ((h - 520.0) / 80.0).clamp(0.0, 1.0);
+                            let ant = yc - bb + 18.0;
+                            let post = spine_y(h) + post_off;
                             let taper = ((h - 262.0) / 40.0).clamp(0.2, 1.0);
                             let pelvis = ((h - 820.0) / 80.0).clamp(0.0, 1.0);
                             (
                                 0.0,
-                                yc - 12.0,
+                                0.5 * (ant + post),
                                 (a - 16.0) * taper * (1.0 - 0.35 * pelvis),
-                                (bb - 30.0) * taper * (1.0 - 0.3 * pelvis),
+                                0.5 * (post - ant) * taper * (1.0 - 0.3 * pelvis),
                             )
                         })
                     },
@@ -974,7 +979,7 @@ impl Model {
         // Ribs: rings that follow the inside of the chest wall, sloping down anteriorly.
         let rib_levels: Vec<f64> = levels[7..19].iter().map(|l| l.1 + l.2 / 2.0).collect();
         for (k, &hk) in rib_levels.iter().enumerate() {
-            let drop = 42.0 + 2.5 * k as f64;
+            let drop = 70.0 + 3.0 * k as f64;
             let theta_bone = match k {
                 0..=6 => 2.55,
                 7..=9 => 2.45,
@@ -1142,14 +1147,25 @@ impl Model {
             lm.femoral_heads.push((head_c, 24.0));
         }
         // Patient table below the body (CT only; PET has no activity there).
-        let table_y = 14.0 + 98.0 + fat * 1.1 + 6.0;
+        // Flat carbon-fibre top and foam core, just under the patient's back.
+        let table_y = 8.0 + 105.0 + fat * 1.1 + 3.0;
         b.push(
-            Section { h0: -300.0, h1: 2000.0, f: move |_| Some((0.0, table_y + 26.0, 230.0, 26.0)) },
+            Custom {
+                bbox: [-230.0, 230.0, table_y, table_y + 45.0],
+                h0: -300.0,
+                h1: 2000.0,
+                f: move |q| q[0].abs() <= 230.0 && q[1] >= table_y && q[1] <= table_y + 45.0,
+            },
             Tissue::Table,
             Tissue::Air.bit(),
         );
         b.push(
-            Section { h0: -300.0, h1: 2000.0, f: move |_| Some((0.0, table_y + 26.0, 226.0, 22.0)) },
+            Custom {
+                bbox: [-226.0, 226.0, table_y + 4.0, table_y + 41.0],
+                h0: -300.0,
+                h1: 2000.0,
+                f: move |q| q[0].abs() <= 226.0 && q[1] >= table_y + 4.0 && q[1] <= table_y + 41.0,
+            },
             Tissue::TableFoam,
             Tissue::Table.bit(),
         );
@@ -1177,21 +1193,32 @@ impl Model {
         ];
 
         let mut ph = Stream::new(patient.seed, "bowel-pattern");
-        let bowel_phase = [0; 6].map(|_| ph.uniform(0.0, std::f64::consts::TAU));
+        let bowel_waves = [0; 4].map(|_| {
+            let (u, v) = (ph.unit_vector(), ph.unit_vector());
+            let (ku, kv) = (1.0 / ph.uniform(7.0, 13.0), 1.0 / ph.uniform(7.0, 13.0));
+            (
+                u.map(|c| c * ku),
+                ph.uniform(0.0, std::f64::consts::TAU),
+                v.map(|c| c * kv),
+                ph.uniform(0.0, std::f64::consts::TAU),
+            )
+        });
         Model {
             patient: p,
             prims: b.prims,
             landmarks: lm,
-            bowel_phase,
+            bowel_waves,
         }
     }
 
     /// Bowel pattern in [-1, 1]-ish: smooth loops; > threshold is bowel wall/content.
     pub fn bowel_pattern(&self, q: [f64; 3]) -> f64 {
-        let ph = &self.bowel_phase;
-        (q[0] / 11.0 + ph[0]).sin() * (q[1] / 9.0 + ph[1]).sin()
-            + 0.8 * ((q[0] + q[2]) / 14.0 + ph[2]).sin() * ((q[1] - q[2]) / 12.0 + ph[3]).sin()
-            + 0.5 * ((q[2] - q[0]) / 23.0 + ph[4]).sin() * (q[1] / 17.0 + ph[5]).cos()
+        let dot = |k: &[f64; 3]| k[0] * q[0] + k[1] * q[1] + k[2] * q[2];
+        self.bowel_waves
+            .iter()
+            .map(|(u, pu, v, pv)| (dot(u) + pu).sin() * (dot(v) + pv).sin())
+            .sum::<f64>()
+            * 0.8
     }
 
     /// Tissue label volume on `grid`.

@@ -326,7 +326,6 @@ fn base_object(study: &StudyInfo, modality: &str) -> InMemDicomObject {
     put(&mut o, tags::BODY_PART_EXAMINED, VR::CS, "WHOLEBODY");
     put(&mut o, tags::DEVICE_SERIAL_NUMBER, VR::LO, "PHANTOM0001");
     put(&mut o, tags::SOFTWARE_VERSIONS, VR::LO, "petct-node phantom 1");
-    put(&mut o, tags::PATIENT_POSITION, VR::CS, "HFS");
     put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, study.study_uid.as_str());
     put(&mut o, tags::STUDY_ID, VR::SH, "1");
     put(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0");
@@ -397,6 +396,8 @@ pub fn write_ct_series(study: &StudyInfo, ph: &Phantom, dir: &Path) -> Result<us
     put(&mut base, tags::SERIES_NUMBER, VR::IS, "2");
     put(&mut base, tags::ACQUISITION_NUMBER, VR::IS, "1");
     put(&mut base, tags::FRAME_OF_REFERENCE_UID, VR::UI, study.ct_for_uid.as_str());
+    // PET states the position in the Patient Orientation Code Sequence instead.
+    put(&mut base, tags::PATIENT_POSITION, VR::CS, "HFS");
     put(&mut base, tags::SCAN_OPTIONS, VR::CS, "HELIX");
     put(&mut base, tags::KVP, VR::DS, "120");
     put(&mut base, tags::DATA_COLLECTION_DIAMETER, VR::DS, "500");

@@ -366,7 +366,12 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
         reader_specific: readers.specific,
         truth,
         model_liver_z: liver.map(|c| c[2]),
-        coronal_y_mm: liver.map(|c| c[1]).unwrap_or(0.0),
+        coronal_y_mm: model
+            .landmarks
+            .kidneys
+            .first()
+            .map(|k| model.to_patient(k.c)[1])
+            .unwrap_or(0.0),
     })
 }
 

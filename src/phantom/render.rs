@@ -46,6 +46,17 @@ pub fn pet_mip(pet: &Grid, suv: &[f32], suv_max: f32, x_range_mm: (f64, f64)) ->
     (out, width, height)
 }
 
+/// Nearest-neighbour 2x enlargement (PET pixels are 4 mm; the MIP is otherwise tiny).
+fn upscale2(img: &[u8], w: usize, h: usize) -> (Vec<u8>, usize, usize) {
+    let mut out = vec![0u8; 4 * w * h];
+    for r in 0..2 * h {
+        for c in 0..2 * w {
+            out[r * 2 * w + c] = img[(r / 2) * w + c / 2];
+        }
+    }
+    (out, 2 * w, 2 * h)
+}
+
 fn window(hu: f64, centre: f64, width: f64) -> u8 {
     (255.0 * ((hu - centre + width / 2.0) / width).clamp(0.0, 1.0)).round() as u8
 }
@@ -55,6 +66,7 @@ pub fn write_previews(ph: &Phantom, dir: &Path) -> Result<(), PhantomError> {
     let ct = &ph.ct_grid;
     let fov = (ct.x_mm(0), ct.x_mm(ct.nx() - 1));
     let (mip, w, h) = pet_mip(&ph.pet_grid, &ph.pet_suv, 8.0, fov);
+    let (mip, w, h) = upscale2(&mip, w, h);
     write_png(&dir.join("phantom_pet_mip.png"), w, h, &mip)?;
     let hu = |idx: usize| ph.ct_stored[idx] as f64 + super::ct::RESCALE_INTERCEPT;
     // Axial slice through the liver dome region (or the middle slice if out of range).
