@@ -320,6 +320,7 @@ pub struct Truth {
     pub tissue_labels: Vec<(u8, &'static str)>,
     pub files: Vec<(&'static str, &'static str)>,
     pub readers: Vec<(&'static str, &'static str)>,
+    pub definitions: Vec<(&'static str, &'static str)>,
     pub lesions: Vec<LesionTruth>,
     pub reader_only_findings: Vec<ReaderFinding>,
 }
@@ -446,6 +447,13 @@ pub fn build_truth(
         readers: vec![
             ("high_sensitivity", "marks every lesion with visible contrast, borders grown ~3 mm, may add physiological foci (labels >= 200)"),
             ("high_specificity", "marks only confident lesions (SUVmax >= max(2.5, 2x background), >= 0.3 mL), core above 50% of SUVmax"),
+        ],
+        definitions: vec![
+            ("true_suv_max, true_suv_mean", "over the CT voxels of the true lesion mask, on the noiseless unblurred SUV (suv_true.nii.gz)"),
+            ("observed_suv_max, observed_suv_mean", "over the true mask, on the noiseless SUV blurred by the 6 mm FWHM PSF (what a perfect segmentation measures)"),
+            ("observed_suv_peak", "max over sphere centres inside the true mask of the mean blurred SUV in a 1 cm3 sphere (all voxels in the sphere, so a hot neighbour can raise it)"),
+            ("centre_mm", "centroid of the true mask, DICOM patient coordinates (LPS) in mm"),
+            ("suv_bw_factor", "rescaled PET pixel value (Bq/mL, or counts for CNTS) times this = SUVbw (g/mL)"),
         ],
         lesions: lesion_truth,
         reader_only_findings: readers.false_positives.clone(),
