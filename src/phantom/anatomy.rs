@@ -402,10 +402,7 @@ impl Solid for Capsule {
         } else {
             0.0
         };
-        (0..3)
-            .map(|i| (ap[i] - t * ab[i]).powi(2))
-            .sum::<f64>()
-            <= self.r * self.r
+        (0..3).map(|i| (ap[i] - t * ab[i]).powi(2)).sum::<f64>() <= self.r * self.r
     }
 }
 
@@ -659,15 +656,26 @@ impl Model {
         let cavity = Tissue::VisceralFat.bit() | Tissue::Bowel.bit();
 
         // --- Abdominal organs (before the lungs, so the lung bases carve the diaphragm domes).
-        let liver_r = b.jitter_ellipsoid("liver", [-62.0, 0.0, 565.0], [84.0, 90.0, 82.0], 0.08, 6.0);
+        let liver_r =
+            b.jitter_ellipsoid("liver", [-62.0, 0.0, 565.0], [84.0, 90.0, 82.0], 0.08, 6.0);
         let liver_l = Ellipsoid::new(
-            [liver_r.c[0] + 80.0, liver_r.c[1] - 35.0, liver_r.c[2] - 18.0],
+            [
+                liver_r.c[0] + 80.0,
+                liver_r.c[1] - 35.0,
+                liver_r.c[2] - 18.0,
+            ],
             [55.0 * liver_r.r[0] / 84.0, 45.0, 45.0 * liver_r.r[2] / 82.0],
         );
         b.push(liver_r, Tissue::Liver, cavity);
         b.push(liver_l, Tissue::Liver, cavity);
         lm.liver = vec![liver_r, liver_l];
-        let stomach = b.jitter_ellipsoid("stomach", [50.0, -25.0, 560.0], [45.0, 40.0, 50.0], 0.1, 6.0);
+        let stomach = b.jitter_ellipsoid(
+            "stomach",
+            [50.0, -25.0, 560.0],
+            [45.0, 40.0, 50.0],
+            0.1,
+            6.0,
+        );
         b.push(stomach, Tissue::Stomach, cavity);
         // Gas cap: the anterior (non-dependent) part of the lumen, as in a supine patient.
         let lumen = stomach.grow(-5.0);
@@ -686,13 +694,21 @@ impl Model {
             Tissue::Gas,
             Tissue::Stomach.bit(),
         );
-        let spleen = b.jitter_ellipsoid("spleen", [92.0, 40.0, 575.0], [32.0, 50.0, 55.0], 0.12, 6.0);
-        b.push(spleen, Tissue::Spleen, cavity | Tissue::Stomach.bit() | Tissue::Muscle.bit());
+        let spleen =
+            b.jitter_ellipsoid("spleen", [92.0, 40.0, 575.0], [32.0, 50.0, 55.0], 0.12, 6.0);
+        b.push(
+            spleen,
+            Tissue::Spleen,
+            cavity | Tissue::Stomach.bit() | Tissue::Muscle.bit(),
+        );
         lm.spleen = spleen;
         for (side, name, h) in [(-1.0, "kidney_r", 665.0), (1.0, "kidney_l", 648.0)] {
             let k = b.jitter_ellipsoid(name, [side * 70.0, 45.0, h], [30.0, 26.0, 55.0], 0.08, 6.0);
             b.push(k, Tissue::Kidney, ANY);
-            let pelvis = Ellipsoid::new([k.c[0] - side * 10.0, k.c[1] - 4.0, k.c[2]], [11.0, 9.0, 22.0]);
+            let pelvis = Ellipsoid::new(
+                [k.c[0] - side * 10.0, k.c[1] - 4.0, k.c[2]],
+                [11.0, 9.0, 22.0],
+            );
             b.push(pelvis, Tissue::RenalPelvis, Tissue::Kidney.bit());
             lm.kidneys.push(k);
         }
@@ -708,8 +724,15 @@ impl Model {
         lm.bladder = bladder;
 
         // --- Thorax: lungs, heart, great vessels, airways.
-        let lung_r = b.jitter_ellipsoid("lung_r", [-78.0, 8.0, 415.0], [62.0, 88.0, 132.0], 0.06, 5.0);
-        let lung_l = b.jitter_ellipsoid("lung_l", [80.0, 8.0, 422.0], [58.0, 88.0, 128.0], 0.06, 5.0);
+        let lung_r = b.jitter_ellipsoid(
+            "lung_r",
+            [-78.0, 8.0, 415.0],
+            [62.0, 88.0, 132.0],
+            0.06,
+            5.0,
+        );
+        let lung_l =
+            b.jitter_ellipsoid("lung_l", [80.0, 8.0, 422.0], [58.0, 88.0, 128.0], 0.06, 5.0);
         let lung_may = cavity | Tissue::Liver.bit() | Tissue::Spleen.bit() | Tissue::Stomach.bit();
         b.push(lung_r, Tissue::Lung, lung_may);
         b.push(lung_l, Tissue::Lung, lung_may);
@@ -718,7 +741,15 @@ impl Model {
         let spine = |h: f64| spine_y(h);
         let vessel = |bld: &mut Builder, pts: &[[f64; 3]], r: f64, label: Tissue| {
             for w in pts.windows(2) {
-                bld.push(Capsule { a: w[0], b: w[1], r }, label, ANY & !Tissue::CorticalBone.bit());
+                bld.push(
+                    Capsule {
+                        a: w[0],
+                        b: w[1],
+                        r,
+                    },
+                    label,
+                    ANY & !Tissue::CorticalBone.bit(),
+                );
             }
         };
         // Descending aorta runs left-anterior of the spine, then the iliac arteries.
@@ -732,31 +763,69 @@ impl Model {
         vessel(&mut b, &aorta_desc, 12.0, Tissue::Blood);
         vessel(
             &mut b,
-            &[[5.0, -38.0, 440.0], [8.0, -28.0, 372.0], [15.0, 0.0, 352.0], [24.0, 40.0, 362.0]],
+            &[
+                [5.0, -38.0, 440.0],
+                [8.0, -28.0, 372.0],
+                [15.0, 0.0, 352.0],
+                [24.0, 40.0, 362.0],
+            ],
             14.0,
             Tissue::Blood,
         );
         for s in [-1.0, 1.0] {
             vessel(
                 &mut b,
-                &[[6.0, spine(740.0) - 30.0, 742.0], [s * 45.0, 8.0, 800.0], [s * 82.0, -8.0, 880.0]],
+                &[
+                    [6.0, spine(740.0) - 30.0, 742.0],
+                    [s * 45.0, 8.0, 800.0],
+                    [s * 82.0, -8.0, 880.0],
+                ],
                 7.0,
                 Tissue::Blood,
             );
             // Common carotid arteries and jugular veins.
-            vessel(&mut b, &[[s * 22.0, 8.0, 190.0], [s * 26.0, 0.0, 300.0]], 4.5, Tissue::Blood);
-            vessel(&mut b, &[[s * 36.0, 12.0, 190.0], [s * 30.0, 0.0, 310.0]], 6.0, Tissue::Blood);
+            vessel(
+                &mut b,
+                &[[s * 22.0, 8.0, 190.0], [s * 26.0, 0.0, 300.0]],
+                4.5,
+                Tissue::Blood,
+            );
+            vessel(
+                &mut b,
+                &[[s * 36.0, 12.0, 190.0], [s * 30.0, 0.0, 310.0]],
+                6.0,
+                Tissue::Blood,
+            );
         }
         vessel(
             &mut b,
-            &[[-22.0, 18.0, 760.0], [-22.0, 15.0, 600.0], [-25.0, 0.0, 505.0]],
+            &[
+                [-22.0, 18.0, 760.0],
+                [-22.0, 15.0, 600.0],
+                [-25.0, 0.0, 505.0],
+            ],
             11.0,
             Tissue::Blood,
         );
-        vessel(&mut b, &[[-25.0, -22.0, 318.0], [-25.0, -25.0, 425.0]], 9.0, Tissue::Blood);
-        vessel(&mut b, &[[10.0, -48.0, 432.0], [2.0, -22.0, 412.0]], 12.0, Tissue::Blood);
+        vessel(
+            &mut b,
+            &[[-25.0, -22.0, 318.0], [-25.0, -25.0, 425.0]],
+            9.0,
+            Tissue::Blood,
+        );
+        vessel(
+            &mut b,
+            &[[10.0, -48.0, 432.0], [2.0, -22.0, 412.0]],
+            12.0,
+            Tissue::Blood,
+        );
         for s in [-1.0, 1.0] {
-            vessel(&mut b, &[[2.0, -22.0, 412.0], [s * 42.0, -5.0, 425.0]], 9.0, Tissue::Blood);
+            vessel(
+                &mut b,
+                &[[2.0, -22.0, 412.0], [s * 42.0, -5.0, 425.0]],
+                9.0,
+                Tissue::Blood,
+            );
         }
         // Heart: chambers (blood) in a tilted ellipsoid, the left ventricle wall as myocardium.
         let hj = b.jitter("heart", 0.07, 6.0);
@@ -778,15 +847,31 @@ impl Model {
         lm.heart_lv = Ellipsoid::new(lv_c, lv_r);
         // Oesophagus (soft tissue) and airways.
         b.push(
-            Capsule { a: [4.0, 14.0, 200.0], b: [12.0, 46.0, 545.0], r: 8.0 },
+            Capsule {
+                a: [4.0, 14.0, 200.0],
+                b: [12.0, 46.0, 545.0],
+                r: 8.0,
+            },
             Tissue::Muscle,
             ANY,
         );
         let carina = [0.0, -2.0, 432.0];
-        b.push(Capsule { a: [0.0, -22.0, 195.0], b: carina, r: 9.0 }, Tissue::Airway, ANY);
+        b.push(
+            Capsule {
+                a: [0.0, -22.0, 195.0],
+                b: carina,
+                r: 9.0,
+            },
+            Tissue::Airway,
+            ANY,
+        );
         for s in [-1.0, 1.0] {
             b.push(
-                Capsule { a: carina, b: [s * 46.0, 8.0, 470.0], r: 6.0 },
+                Capsule {
+                    a: carina,
+                    b: [s * 46.0, 8.0, 470.0],
+                    r: 6.0,
+                },
                 Tissue::Airway,
                 ANY,
             );
@@ -805,43 +890,68 @@ impl Model {
         b.push(brain.grow(-6.0), Tissue::BrainWhite, ANY);
         for s in [-1.0, 1.0] {
             b.push(
-                Ellipsoid::new([brain.c[0] + s * 11.0, brain.c[1] - 6.0, brain.c[2] - 4.0], [7.0, 22.0, 14.0]),
+                Ellipsoid::new(
+                    [brain.c[0] + s * 11.0, brain.c[1] - 6.0, brain.c[2] - 4.0],
+                    [7.0, 22.0, 14.0],
+                ),
                 Tissue::Csf,
                 ANY,
             );
             b.push(
-                Ellipsoid::new([brain.c[0] + s * 23.0, brain.c[1] - 4.0, brain.c[2] + 6.0], [9.0, 15.0, 11.0]),
+                Ellipsoid::new(
+                    [brain.c[0] + s * 23.0, brain.c[1] - 4.0, brain.c[2] + 6.0],
+                    [9.0, 15.0, 11.0],
+                ),
                 Tissue::BrainGray,
                 ANY,
             );
             b.push(
-                Ellipsoid::new([s * 31.0, head.c[1] - 70.0, head.c[2] + 12.0], [12.0, 12.0, 12.0]),
+                Ellipsoid::new(
+                    [s * 31.0, head.c[1] - 70.0, head.c[2] + 12.0],
+                    [12.0, 12.0, 12.0],
+                ),
                 Tissue::Csf,
                 ANY,
             );
             b.push(
-                Ellipsoid::new([s * 47.0, head.c[1] + 8.0, head.c[2] + 82.0], [11.0, 17.0, 22.0]),
+                Ellipsoid::new(
+                    [s * 47.0, head.c[1] + 8.0, head.c[2] + 82.0],
+                    [11.0, 17.0, 22.0],
+                ),
                 Tissue::Gland,
                 ANY & !Tissue::CorticalBone.bit(),
             );
             b.push(
-                Ellipsoid::new([s * 13.0, head.c[1] - 8.0, head.c[2] + 88.0], [7.0, 7.0, 9.0]),
+                Ellipsoid::new(
+                    [s * 13.0, head.c[1] - 8.0, head.c[2] + 88.0],
+                    [7.0, 7.0, 9.0],
+                ),
                 Tissue::Gland,
                 ANY,
             );
             b.push(
-                Ellipsoid::new([s * 30.0, head.c[1] - 30.0, head.c[2] + 112.0], [9.0, 9.0, 9.0]),
+                Ellipsoid::new(
+                    [s * 30.0, head.c[1] - 30.0, head.c[2] + 112.0],
+                    [9.0, 9.0, 9.0],
+                ),
                 Tissue::Gland,
                 ANY,
             );
         }
         b.push(
-            Ellipsoid::new([0.0, brain.c[1] + 38.0, brain.c[2] + 44.0], [44.0, 26.0, 21.0]),
+            Ellipsoid::new(
+                [0.0, brain.c[1] + 38.0, brain.c[2] + 44.0],
+                [44.0, 26.0, 21.0],
+            ),
             Tissue::BrainGray,
             ANY,
         );
         b.push(
-            Capsule { a: [0.0, brain.c[1] + 14.0, brain.c[2] + 20.0], b: [0.0, 22.0, 185.0], r: 11.0 },
+            Capsule {
+                a: [0.0, brain.c[1] + 14.0, brain.c[2] + 20.0],
+                b: [0.0, 22.0, 185.0],
+                r: 11.0,
+            },
             Tissue::BrainWhite,
             ANY,
         );
@@ -856,7 +966,8 @@ impl Model {
                     h0: jaw_c[2] - hh,
                     h1: jaw_c[2] + hh,
                     f: move |q| {
-                        let d = (((q[0]) / 46.0).powi(2) + ((q[1] - jaw_c[1]) / 52.0).powi(2)).sqrt();
+                        let d =
+                            (((q[0]) / 46.0).powi(2) + ((q[1] - jaw_c[1]) / 52.0).powi(2)).sqrt();
                         let dist = (1.0 - d) * 48.0;
                         q[1] < jaw_c[1] + 18.0 && dist >= inner && dist <= outer
                     },
@@ -901,7 +1012,11 @@ impl Model {
             if disc_h > top + body + 0.5 {
                 b.push(
                     cyl(Ellipsoid::new(
-                        [0.0, spine((top + body + disc_h) / 2.0), (top + body + disc_h) / 2.0],
+                        [
+                            0.0,
+                            spine((top + body + disc_h) / 2.0),
+                            (top + body + disc_h) / 2.0,
+                        ],
                         [rx, ry, (disc_h - top - body) / 2.0],
                     )),
                     Tissue::Cartilage,
@@ -923,7 +1038,9 @@ impl Model {
                         let r2 = dx * dx + dy * dy;
                         let ring = r2 <= (canal_r + 6.0).powi(2) && dy > -canal_r;
                         let spinous = (dx / 4.5).powi(2) + ((dy - 20.0) / 12.0).powi(2) <= 1.0;
-                        let transverse = ((dx.abs() - rx - 8.0) / 13.0).powi(2) + ((dy + 3.0) / 5.0).powi(2) <= 1.0
+                        let transverse = ((dx.abs() - rx - 8.0) / 13.0).powi(2)
+                            + ((dy + 3.0) / 5.0).powi(2)
+                            <= 1.0
                             && (q[2] - (arch_h.0 + arch_h.1) / 2.0).abs() < body * 0.3;
                         ring || spinous || transverse
                     },
@@ -940,7 +1057,13 @@ impl Model {
                 h1: spine_end + 30.0,
                 f: move |h| {
                     let r = if h < 300.0 { 8.0 } else { 9.0 };
-                    let ry = if h < 300.0 { 10.0 } else if h < 560.0 { 15.0 } else { 18.5 };
+                    let ry = if h < 300.0 {
+                        10.0
+                    } else if h < 560.0 {
+                        15.0
+                    } else {
+                        18.5
+                    };
                     Some((0.0, spine(h) + ry + 10.0, r, r))
                 },
             },
@@ -952,7 +1075,13 @@ impl Model {
                 h0: 180.0,
                 h1: 700.0,
                 f: move |h| {
-                    let ry = if h < 300.0 { 10.0 } else if h < 560.0 { 15.0 } else { 18.5 };
+                    let ry = if h < 300.0 {
+                        10.0
+                    } else if h < 560.0 {
+                        15.0
+                    } else {
+                        18.5
+                    };
                     Some((0.0, spine(h) + ry + 10.0, 4.5, 4.0))
                 },
             },
@@ -968,7 +1097,12 @@ impl Model {
                     h1: sac0 + 95.0,
                     f: move |h| {
                         let t = ((h - sac0) / 95.0).clamp(0.0, 1.0);
-                        Some((0.0, spine(h) + 8.0 * t, 48.0 * (1.0 - 0.7 * t) - shrink, 17.0 - 6.0 * t - shrink))
+                        Some((
+                            0.0,
+                            spine(h) + 8.0 * t,
+                            48.0 * (1.0 - 0.7 * t) - shrink,
+                            17.0 - 6.0 * t - shrink,
+                        ))
                     },
                 },
                 label,
@@ -1017,25 +1151,43 @@ impl Model {
             let bbox = [-200.0, 200.0, -160.0, 160.0];
             let (h0, h1) = (hk - 8.0, hk + drop + 8.0);
             b.push(
-                Custom { bbox, h0, h1, f: move |q| rib(q, (0.0, 8.0), 5.5, (0.28, theta_bone)) },
+                Custom {
+                    bbox,
+                    h0,
+                    h1,
+                    f: move |q| rib(q, (0.0, 8.0), 5.5, (0.28, theta_bone)),
+                },
                 Tissue::CorticalBone,
                 ANY,
             );
             b.push(
-                Custom { bbox, h0, h1, f: move |q| rib(q, (1.8, 6.2), 3.6, (0.30, theta_bone - 0.02)) },
+                Custom {
+                    bbox,
+                    h0,
+                    h1,
+                    f: move |q| rib(q, (1.8, 6.2), 3.6, (0.30, theta_bone - 0.02)),
+                },
                 Tissue::RedMarrow,
                 Tissue::CorticalBone.bit(),
             );
             if theta_cart > theta_bone {
                 b.push(
-                    Custom { bbox, h0, h1, f: move |q| rib(q, (0.0, 7.0), 5.0, (theta_bone, theta_cart)) },
+                    Custom {
+                        bbox,
+                        h0,
+                        h1,
+                        f: move |q| rib(q, (0.0, 7.0), 5.0, (theta_bone, theta_cart)),
+                    },
                     Tissue::Cartilage,
                     ANY,
                 );
             }
         }
         // Sternum.
-        for (label, sx, sy) in [(Tissue::CorticalBone, 17.0, 7.0), (Tissue::RedMarrow, 14.0, 4.0)] {
+        for (label, sx, sy) in [
+            (Tissue::CorticalBone, 17.0, 7.0),
+            (Tissue::RedMarrow, 14.0, 4.0),
+        ] {
             b.push(
                 Section {
                     h0: rib_levels[0] + 25.0,
@@ -1052,7 +1204,10 @@ impl Model {
             let c = [s * 150.0, -5.0, 288.0];
             b.push(Capsule { a, b: c, r: 8.0 }, Tissue::CorticalBone, ANY);
             b.push(Capsule { a, b: c, r: 5.0 }, Tissue::RedMarrow, ANY);
-            for (label, inner, outer) in [(Tissue::CorticalBone, 0.0, 7.0), (Tissue::RedMarrow, 2.0, 5.0)] {
+            for (label, inner, outer) in [
+                (Tissue::CorticalBone, 0.0, 7.0),
+                (Tissue::RedMarrow, 2.0, 5.0),
+            ] {
                 b.push(
                     Custom {
                         bbox: [-160.0, 160.0, 20.0, 140.0],
@@ -1073,7 +1228,9 @@ impl Model {
                             let theta = dx.abs().atan2(dy);
                             // Triangular blade: narrower towards its inferior angle.
                             let t = (q[2] - 300.0) / 140.0;
-                            (0.35..0.35 + 0.55 * (1.0 - t)).contains(&theta) && depth >= inner && depth <= outer
+                            (0.35..0.35 + 0.55 * (1.0 - t)).contains(&theta)
+                                && depth >= inner
+                                && depth <= outer
                         },
                     },
                     label,
@@ -1085,7 +1242,10 @@ impl Model {
         for s in [-1.0, 1.0] {
             let wing_c = [s * 52.0, 28.0, 805.0];
             let wing_r = [82.0, 62.0, 70.0];
-            for (label, inner, outer) in [(Tissue::CorticalBone, 0.0, 10.0), (Tissue::RedMarrow, 2.0, 8.0)] {
+            for (label, inner, outer) in [
+                (Tissue::CorticalBone, 0.0, 10.0),
+                (Tissue::RedMarrow, 2.0, 8.0),
+            ] {
                 b.push(
                     Custom {
                         bbox: [s * 52.0 - 90.0, s * 52.0 + 90.0, -50.0, 95.0],
@@ -1110,14 +1270,25 @@ impl Model {
             lm.iliac_points.push([s * 118.0, 30.0, 790.0]);
             let head_c = [s * 88.0, 2.0, 885.0];
             // Acetabular roof: a spherical shell above the femoral head.
-            for (label, inner, outer) in [(Tissue::CorticalBone, 26.0, 36.0), (Tissue::RedMarrow, 28.0, 34.0)] {
+            for (label, inner, outer) in [
+                (Tissue::CorticalBone, 26.0, 36.0),
+                (Tissue::RedMarrow, 28.0, 34.0),
+            ] {
                 b.push(
                     Custom {
-                        bbox: [head_c[0] - 40.0, head_c[0] + 40.0, head_c[1] - 40.0, head_c[1] + 40.0],
+                        bbox: [
+                            head_c[0] - 40.0,
+                            head_c[0] + 40.0,
+                            head_c[1] - 40.0,
+                            head_c[1] + 40.0,
+                        ],
                         h0: head_c[2] - 40.0,
                         h1: head_c[2] + 12.0,
                         f: move |q| {
-                            let r = ((q[0] - head_c[0]).powi(2) + (q[1] - head_c[1]).powi(2) + (q[2] - head_c[2]).powi(2)).sqrt();
+                            let r = ((q[0] - head_c[0]).powi(2)
+                                + (q[1] - head_c[1]).powi(2)
+                                + (q[2] - head_c[2]).powi(2))
+                            .sqrt();
                             r >= inner && r <= outer && s * (q[0] - head_c[0]) < 14.0
                         },
                     },
@@ -1131,19 +1302,75 @@ impl Model {
                 ([s * 12.0, -58.0, 905.0], [s * 50.0, 30.0, 950.0], 8.0),
             ] {
                 b.push(Capsule { a, b: c, r }, Tissue::CorticalBone, ANY);
-                b.push(Capsule { a, b: c, r: r - 3.0 }, Tissue::RedMarrow, ANY);
+                b.push(
+                    Capsule {
+                        a,
+                        b: c,
+                        r: r - 3.0,
+                    },
+                    Tissue::RedMarrow,
+                    ANY,
+                );
             }
             // Femur: head, neck, greater trochanter (red marrow), shaft (yellow marrow).
             let neck_end = [s * 122.0, 12.0, 908.0];
             let shaft_end = [s * 90.0, 6.0, 1400.0];
-            b.push(Ellipsoid::new(head_c, [24.0, 24.0, 24.0]), Tissue::CorticalBone, ANY);
-            b.push(Capsule { a: head_c, b: neck_end, r: 16.0 }, Tissue::CorticalBone, ANY);
-            b.push(Ellipsoid::new([s * 128.0, 14.0, 905.0], [18.0, 20.0, 22.0]), Tissue::CorticalBone, ANY);
-            b.push(Capsule { a: [s * 120.0, 12.0, 915.0], b: shaft_end, r: 15.0 }, Tissue::CorticalBone, ANY);
-            b.push(Ellipsoid::new(head_c, [21.5, 21.5, 21.5]), Tissue::RedMarrow, ANY);
-            b.push(Capsule { a: head_c, b: neck_end, r: 13.0 }, Tissue::RedMarrow, ANY);
-            b.push(Ellipsoid::new([s * 128.0, 14.0, 905.0], [15.0, 17.0, 19.0]), Tissue::RedMarrow, ANY);
-            b.push(Capsule { a: [s * 120.0, 12.0, 930.0], b: shaft_end, r: 9.5 }, Tissue::YellowMarrow, ANY);
+            b.push(
+                Ellipsoid::new(head_c, [24.0, 24.0, 24.0]),
+                Tissue::CorticalBone,
+                ANY,
+            );
+            b.push(
+                Capsule {
+                    a: head_c,
+                    b: neck_end,
+                    r: 16.0,
+                },
+                Tissue::CorticalBone,
+                ANY,
+            );
+            b.push(
+                Ellipsoid::new([s * 128.0, 14.0, 905.0], [18.0, 20.0, 22.0]),
+                Tissue::CorticalBone,
+                ANY,
+            );
+            b.push(
+                Capsule {
+                    a: [s * 120.0, 12.0, 915.0],
+                    b: shaft_end,
+                    r: 15.0,
+                },
+                Tissue::CorticalBone,
+                ANY,
+            );
+            b.push(
+                Ellipsoid::new(head_c, [21.5, 21.5, 21.5]),
+                Tissue::RedMarrow,
+                ANY,
+            );
+            b.push(
+                Capsule {
+                    a: head_c,
+                    b: neck_end,
+                    r: 13.0,
+                },
+                Tissue::RedMarrow,
+                ANY,
+            );
+            b.push(
+                Ellipsoid::new([s * 128.0, 14.0, 905.0], [15.0, 17.0, 19.0]),
+                Tissue::RedMarrow,
+                ANY,
+            );
+            b.push(
+                Capsule {
+                    a: [s * 120.0, 12.0, 930.0],
+                    b: shaft_end,
+                    r: 9.5,
+                },
+                Tissue::YellowMarrow,
+                ANY,
+            );
             lm.femoral_heads.push((head_c, 24.0));
         }
         // Patient table below the body (CT only; PET has no activity there).
@@ -1262,7 +1489,9 @@ impl Model {
                     Span::Test => {
                         for i in cols.clone() {
                             let v = &mut row[i];
-                            if prim.only & (1 << *v) != 0 && prim.solid.contains([grid.x_mm(i) / sl, y, h]) {
+                            if prim.only & (1 << *v) != 0
+                                && prim.solid.contains([grid.x_mm(i) / sl, y, h])
+                            {
                                 *v = label;
                             }
                         }
@@ -1325,12 +1554,21 @@ impl Builder {
         (scale, shift)
     }
 
-    fn jitter_ellipsoid(&self, name: &str, c: [f64; 3], r: [f64; 3], scale_sd: f64, shift_sd: f64) -> Ellipsoid {
+    fn jitter_ellipsoid(
+        &self,
+        name: &str,
+        c: [f64; 3],
+        r: [f64; 3],
+        scale_sd: f64,
+        shift_sd: f64,
+    ) -> Ellipsoid {
         let (scale, shift) = self.jitter(name, scale_sd, shift_sd);
-        Ellipsoid::new([c[0] + shift[0], c[1] + shift[1], c[2] + shift[2]], r.map(|v| v * scale))
+        Ellipsoid::new(
+            [c[0] + shift[0], c[1] + shift[1], c[2] + shift[2]],
+            r.map(|v| v * scale),
+        )
     }
 }
-
 
 #[cfg(test)]
 mod tests {
@@ -1345,7 +1583,11 @@ mod tests {
         assert!(a.weight_kg != c.weight_kg || a.height_m != c.height_m);
         for seed in 0..50 {
             let p = Patient::from_seed(seed);
-            assert!((40.0..150.0).contains(&p.weight_kg), "weight {}", p.weight_kg);
+            assert!(
+                (40.0..150.0).contains(&p.weight_kg),
+                "weight {}",
+                p.weight_kg
+            );
         }
     }
 
@@ -1378,7 +1620,12 @@ mod tests {
             Tissue::Fat,
             Tissue::Muscle,
         ] {
-            assert!(counts[t as usize] > 10, "{:?} missing ({})", t, counts[t as usize]);
+            assert!(
+                counts[t as usize] > 10,
+                "{:?} missing ({})",
+                t,
+                counts[t as usize]
+            );
         }
     }
 }

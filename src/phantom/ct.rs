@@ -12,7 +12,10 @@ use super::rng::Stream;
 pub const RESCALE_INTERCEPT: f64 = -1024.0;
 
 fn is_bone(t: Tissue) -> bool {
-    matches!(t, Tissue::CorticalBone | Tissue::RedMarrow | Tissue::YellowMarrow)
+    matches!(
+        t,
+        Tissue::CorticalBone | Tissue::RedMarrow | Tissue::YellowMarrow
+    )
 }
 
 /// Noiseless HU of a voxel.
@@ -32,7 +35,13 @@ fn hu_of(label: u8, lesion: Option<&Lesion>) -> f32 {
 }
 
 /// CT stored values (int16, HU - RESCALE_INTERCEPT) on `grid`.
-pub fn synthesize(seed: u64, grid: &Grid, labels: &[u8], lesion_ids: &[u8], lesions: &[Lesion]) -> Vec<i16> {
+pub fn synthesize(
+    seed: u64,
+    grid: &Grid,
+    labels: &[u8],
+    lesion_ids: &[u8],
+    lesions: &[Lesion],
+) -> Vec<i16> {
     let n = grid.slice_len();
     let (nx, ny) = (grid.nx(), grid.ny());
     let pixel_area_mm2 = grid.spacing_mm[0] * grid.spacing_mm[1];
@@ -58,13 +67,20 @@ pub fn synthesize(seed: u64, grid: &Grid, labels: &[u8], lesion_ids: &[u8], lesi
             }
             for j in 1..ny.saturating_sub(1) {
                 for i in 0..nx {
-                    hu[j * nx + i] = 0.25 * tmp[(j - 1) * nx + i] + 0.5 * tmp[j * nx + i] + 0.25 * tmp[(j + 1) * nx + i];
+                    hu[j * nx + i] = 0.25 * tmp[(j - 1) * nx + i]
+                        + 0.5 * tmp[j * nx + i]
+                        + 0.25 * tmp[(j + 1) * nx + i];
                 }
             }
             // Bigger cross-sections attenuate more: noisier slices (shoulders, pelvis).
             let body_mm2 = lab
                 .iter()
-                .filter(|&&l| !matches!(Tissue::from_u8(l), Tissue::Air | Tissue::Table | Tissue::TableFoam))
+                .filter(|&&l| {
+                    !matches!(
+                        Tissue::from_u8(l),
+                        Tissue::Air | Tissue::Table | Tissue::TableFoam
+                    )
+                })
                 .count() as f64
                 * pixel_area_mm2;
             let sd = (9.0 + 14.0 * body_mm2 / 60_000.0) as f32;
@@ -84,12 +100,23 @@ mod tests {
 
     #[test]
     fn stored_values_are_hu_plus_1024() {
-        let g = Grid { dims: [16, 16, 2], spacing_mm: [1.0, 1.0, 1.0], origin_mm: [0.0; 3] };
+        let g = Grid {
+            dims: [16, 16, 2],
+            spacing_mm: [1.0, 1.0, 1.0],
+            origin_mm: [0.0; 3],
+        };
         let labels = vec![Tissue::Liver as u8; g.len()];
         let ids = vec![0u8; g.len()];
         let ct = synthesize(1, &g, &labels, &ids, &[]);
-        let mean = ct.iter().map(|&v| v as f64 + RESCALE_INTERCEPT).sum::<f64>() / ct.len() as f64;
-        assert!((mean - Tissue::Liver.hu() as f64).abs() < 4.0, "mean {mean}");
+        let mean = ct
+            .iter()
+            .map(|&v| v as f64 + RESCALE_INTERCEPT)
+            .sum::<f64>()
+            / ct.len() as f64;
+        assert!(
+            (mean - Tissue::Liver.hu() as f64).abs() < 4.0,
+            "mean {mean}"
+        );
         assert_eq!(ct, synthesize(1, &g, &labels, &ids, &[]));
     }
 }

@@ -79,9 +79,8 @@ impl Grid {
     }
     /// Centre of the grid in mm.
     pub fn centre_mm(&self) -> [f64; 3] {
-        [0, 1, 2].map(|a| {
-            self.origin_mm[a] + 0.5 * (self.dims[a] as f64 - 1.0) * self.spacing_mm[a]
-        })
+        [0, 1, 2]
+            .map(|a| self.origin_mm[a] + 0.5 * (self.dims[a] as f64 - 1.0) * self.spacing_mm[a])
     }
 }
 
@@ -91,7 +90,11 @@ const FOV_CENTRE_Y_MM: f64 = 15.0;
 
 /// The CT grid of a profile. The axial range follows the patient's height: it ends below the
 /// bladder, so a tall patient loses the top of the head (as in a skull-base-to-thigh scan).
-pub fn ct_grid(profile: Profile, patient: &Patient, slices: Option<usize>) -> Result<Grid, PhantomError> {
+pub fn ct_grid(
+    profile: Profile,
+    patient: &Patient,
+    slices: Option<usize>,
+) -> Result<Grid, PhantomError> {
     let (n_xy, fov_mm, dz, default_nz, bottom_h) = match profile {
         Profile::Wholebody => (512usize, 500.0, 3.0, 300usize, 935.0 * patient.height_scale),
         Profile::Small => (128usize, 500.0, 13.0, 48usize, 930.0 * patient.height_scale),
@@ -128,7 +131,11 @@ pub fn pet_grid(profile: Profile, vendor: Vendor, ct: &Grid) -> Grid {
     Grid {
         dims: [n_xy, n_xy, nz],
         spacing_mm: [d, d, dz],
-        origin_mm: [c[0] - half, c[1] - half, c[2] - 0.5 * (nz as f64 - 1.0) * dz],
+        origin_mm: [
+            c[0] - half,
+            c[1] - half,
+            c[2] - 0.5 * (nz as f64 - 1.0) * dz,
+        ],
     }
 }
 

@@ -312,7 +312,14 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
             .unwrap_or_else(|| rng::Stream::new(options.seed, "lesion-count").range_usize(4, 13))
     };
     let uptake = pet::Uptake::from_patient(options.seed);
-    let lesion_set = lesions::place(options.seed, lesion_count, &model, &uptake, &ct_grid, &labels);
+    let lesion_set = lesions::place(
+        options.seed,
+        lesion_count,
+        &model,
+        &uptake,
+        &ct_grid,
+        &labels,
+    );
     let (lesion_ids, lesion_voxels) = lesions::rasterize(&lesion_set, &ct_grid);
     let true_suv = pet::true_suv(&uptake, &model, &ct_grid, &labels, &lesion_ids, &lesion_set);
     let ct_stored = ct::synthesize(options.seed, &ct_grid, &labels, &lesion_ids, &lesion_set);
@@ -349,6 +356,7 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
         &observed,
         &readers,
         &motion,
+        lesion_count,
     );
     let liver = model.landmarks.liver.first().map(|e| model.to_patient(e.c));
     Ok(Phantom {

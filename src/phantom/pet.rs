@@ -27,7 +27,9 @@ impl Uptake {
         let mut suv = [0.0; 28];
         for t in Tissue::ALL {
             let (lo, hi) = match t {
-                Tissue::Air | Tissue::Gas | Tissue::Airway | Tissue::Table | Tissue::TableFoam => (0.0, 0.0),
+                Tissue::Air | Tissue::Gas | Tissue::Airway | Tissue::Table | Tissue::TableFoam => {
+                    (0.0, 0.0)
+                }
                 Tissue::Skin => (0.6, 0.9),
                 Tissue::Fat => (0.2, 0.4),
                 Tissue::Muscle => (0.55, 0.85),
@@ -68,7 +70,10 @@ impl Uptake {
 
     /// (tissue name, SUV) for every tissue, for truth.json.
     pub fn table(&self) -> Vec<(&'static str, f64)> {
-        Tissue::ALL.iter().map(|&t| (t.name(), self.suv_of(t))).collect()
+        Tissue::ALL
+            .iter()
+            .map(|&t| (t.name(), self.suv_of(t)))
+            .collect()
     }
 }
 
@@ -153,7 +158,9 @@ impl RigidTransform {
         let c = self.centre_mm;
         let d = [p[0] - c[0], p[1] - c[1], p[2] - c[2]];
         let r = &self.rotation;
-        [0, 1, 2].map(|i| r[i][0] * d[0] + r[i][1] * d[1] + r[i][2] * d[2] + c[i] + self.translation_mm[i])
+        [0, 1, 2].map(|i| {
+            r[i][0] * d[0] + r[i][1] * d[1] + r[i][2] * d[2] + c[i] + self.translation_mm[i]
+        })
     }
 
     /// The CT-frame point seen at a PET-frame point.
@@ -224,7 +231,11 @@ pub fn blurred_pet(ct: &Grid, pet: &Grid, true_suv: &[f32], motion: &RigidTransf
     // Sample counts per axis: enough to see every CT voxel a PET voxel covers.
     let ns = [0, 1, 2].map(|a| {
         let r = (pet.spacing_mm[a] / ct.spacing_mm[a]).ceil() as usize;
-        if a == 2 { (r + 1).clamp(1, 3) } else { r.clamp(1, 4) }
+        if a == 2 {
+            (r + 1).clamp(1, 3)
+        } else {
+            r.clamp(1, 4)
+        }
     });
     let offsets: [Vec<f64>; 3] = [0, 1, 2].map(|a| {
         (0..ns[a])
@@ -240,7 +251,11 @@ pub fn blurred_pet(ct: &Grid, pet: &Grid, true_suv: &[f32], motion: &RigidTransf
             for i in 0..len {
                 for &o in &offsets[a] {
                     let v = ((pos(i) + o - ct.origin_mm[a]) / ct.spacing_mm[a]).round();
-                    t.push(if v >= 0.0 && v < ct.dims[a] as f64 { v as i64 } else { -1 });
+                    t.push(if v >= 0.0 && v < ct.dims[a] as f64 {
+                        v as i64
+                    } else {
+                        -1
+                    });
                 }
             }
             t
@@ -253,7 +268,8 @@ pub fn blurred_pet(ct: &Grid, pet: &Grid, true_suv: &[f32], motion: &RigidTransf
                 if kz < 0 {
                     continue;
                 }
-                let ct_slice = &true_suv[kz as usize * ct.slice_len()..(kz as usize + 1) * ct.slice_len()];
+                let ct_slice =
+                    &true_suv[kz as usize * ct.slice_len()..(kz as usize + 1) * ct.slice_len()];
                 for j in 0..pet.ny() {
                     let row = &mut slice[j * pet.nx()..(j + 1) * pet.nx()];
                     for &jy in &ty[j * ns[1]..(j + 1) * ns[1]] {
@@ -309,7 +325,12 @@ fn add_noise(seed: u64, weight_kg: f64, pet: &Grid, clean: Vec<f32>) -> Vec<f32>
     });
     // Reconstruction correlates noise over neighbouring voxels; keep unit variance after.
     let sigma_n = [0.7, 0.7, 0.6];
-    let norm = 1.0 / sigma_n.iter().map(|&s| kernel(s).iter().map(|w| w * w).sum::<f32>()).product::<f32>().sqrt();
+    let norm = 1.0
+        / sigma_n
+            .iter()
+            .map(|&s| kernel(s).iter().map(|w| w * w).sum::<f32>())
+            .product::<f32>()
+            .sqrt();
     let corr = gaussian_blur(&white, pet.dims, sigma_n);
     let gain = (NOISE_GAIN * weight_kg / 75.0) as f32;
     let floor = NOISE_FLOOR as f32;
@@ -326,7 +347,9 @@ pub fn kernel(sigma: f64) -> Vec<f32> {
         return vec![1.0];
     }
     let r = (3.0 * sigma).ceil().max(1.0) as i64;
-    let w: Vec<f64> = (-r..=r).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp()).collect();
+    let w: Vec<f64> = (-r..=r)
+        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
+        .collect();
     let s: f64 = w.iter().sum();
     w.iter().map(|v| (v / s) as f32).collect()
 }
@@ -420,8 +443,19 @@ mod tests {
 
     #[test]
     fn rigid_transform_round_trips() {
-        let g = Grid { dims: [10, 10, 10], spacing_mm: [1.0; 3], origin_mm: [0.0; 3] };
-        let m = Misalign { tx_mm: 5.0, ty_mm: -3.0, tz_mm: 2.0, rx_deg: 3.0, ry_deg: -2.0, rz_deg: 4.0 };
+        let g = Grid {
+            dims: [10, 10, 10],
+            spacing_mm: [1.0; 3],
+            origin_mm: [0.0; 3],
+        };
+        let m = Misalign {
+            tx_mm: 5.0,
+            ty_mm: -3.0,
+            tz_mm: 2.0,
+            rx_deg: 3.0,
+            ry_deg: -2.0,
+            rz_deg: 4.0,
+        };
         let t = RigidTransform::from_misalign(Some(m), &g);
         let p = [12.0, -7.0, 30.0];
         let q = t.pet_to_ct(t.ct_to_pet(p));

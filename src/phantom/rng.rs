@@ -96,7 +96,9 @@ mod tests {
 
     #[test]
     fn streams_are_deterministic_and_independent() {
-        let a: Vec<f64> = (0..4).map(|_| Stream::new(7, "x").uniform(0.0, 1.0)).collect();
+        let a: Vec<f64> = (0..4)
+            .map(|_| Stream::new(7, "x").uniform(0.0, 1.0))
+            .collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
         let mut s1 = Stream::new(7, "x");
         let mut s2 = Stream::new(7, "y");
