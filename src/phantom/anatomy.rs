@@ -1133,7 +1133,7 @@ impl Model {
                 let dx = q[0];
                 let dy = q[1] - yc;
                 let rho = ((dx / ar).powi(2) + (dy / br).powi(2)).sqrt();
-                if rho < 0.75 || rho > 1.02 {
+                if !(0.75..=1.02).contains(&rho) {
                     return false;
                 }
                 let r = (dx * dx + dy * dy).sqrt();

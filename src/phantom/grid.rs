@@ -32,6 +32,9 @@ impl Grid {
     pub fn len(&self) -> usize {
         self.slice_len() * self.dims[2]
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     pub fn x_mm(&self, i: usize) -> f64 {
         self.origin_mm[0] + i as f64 * self.spacing_mm[0]
     }

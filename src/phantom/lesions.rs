@@ -88,6 +88,10 @@ impl Lesion {
     }
 }
 
+/// A drawn lesion site: site, location name, confounder, centre (reference space), diameter
+/// range (mm) and the tissue expected at the centre.
+type Candidate = (Site, String, Option<&'static str>, [f64; 3], (f64, f64), Tissue);
+
 pub fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
@@ -121,7 +125,7 @@ pub fn place(
     let mut s = Stream::new(seed, "lesions");
     let mut out: Vec<Lesion> = Vec::new();
     let lm = &model.landmarks;
-    let min_d = (1.2 * grid.spacing_mm[2]).max(5.0).min(30.0);
+    let min_d = (1.2 * grid.spacing_mm[2]).clamp(5.0, 30.0);
     let z_lo = grid.z_mm(0);
     let z_hi = grid.z_mm(grid.nz() - 1);
     // At least one borderline and one confounder lesion when there are enough lesions.
@@ -134,14 +138,7 @@ pub fn place(
         let mut placed = None;
         for attempt in 0..400 {
             let site_roll = s.uniform(0.0, 1.0);
-            let (site, location, confound, centre_ref, d_range, tissue): (
-                Site,
-                String,
-                Option<&'static str>,
-                [f64; 3],
-                (f64, f64),
-                Tissue,
-            ) = if confounder && attempt < 300 {
+            let (site, location, confound, centre_ref, d_range, tissue): Candidate = if confounder && attempt < 300 {
                 match s.range_usize(0, 3) {
                     0 => {
                         let b = &lm.bladder;
@@ -314,7 +311,7 @@ pub fn place(
                 // Barely visible: contrast 1.3-1.7 over the local background (lung: over 1).
                 background_suv.max(1.0) * s.uniform(1.3, 1.7)
             } else {
-                s.log_uniform((2.2 * background_suv).max(2.5).min(12.0), 20.0)
+                s.log_uniform((2.2 * background_suv).clamp(2.5, 12.0), 20.0)
             };
             let ct_effect = match site {
                 Site::Bone => {

@@ -125,7 +125,7 @@ pub fn write<T: NiftiType>(
     let mut members: Vec<Vec<u8>> = data
         .par_chunks(n)
         .map(|chunk| -> std::io::Result<Vec<u8>> {
-            let mut raw = Vec::with_capacity(chunk.len() * std::mem::size_of::<T>());
+            let mut raw = Vec::with_capacity(std::mem::size_of_val(chunk));
             T::write_le(chunk, &mut raw);
             let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
             enc.write_all(&raw)?;
