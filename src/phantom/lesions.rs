@@ -90,7 +90,14 @@ impl Lesion {
 
 /// A drawn lesion site: site, location name, confounder, centre (reference space), diameter
 /// range (mm) and the tissue expected at the centre.
-type Candidate = (Site, String, Option<&'static str>, [f64; 3], (f64, f64), Tissue);
+type Candidate = (
+    Site,
+    String,
+    Option<&'static str>,
+    [f64; 3],
+    (f64, f64),
+    Tissue,
+);
 
 pub fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
@@ -138,159 +145,160 @@ pub fn place(
         let mut placed = None;
         for attempt in 0..400 {
             let site_roll = s.uniform(0.0, 1.0);
-            let (site, location, confound, centre_ref, d_range, tissue): Candidate = if confounder && attempt < 300 {
-                match s.range_usize(0, 3) {
-                    0 => {
-                        let b = &lm.bladder;
-                        let side = if s.bernoulli(0.5) { -1.0 } else { 1.0 };
-                        let rr = s.uniform(5.0, 12.0);
-                        (
-                            Site::LymphNode,
-                            "perivesical".into(),
-                            Some("bladder"),
-                            [
-                                b.c[0] + side * (b.r[0] + rr + 3.0),
-                                b.c[1] + s.uniform(-5.0, 10.0),
-                                b.c[2] - s.uniform(0.0, 10.0),
-                            ],
-                            (10.0, 24.0),
-                            Tissue::VisceralFat,
-                        )
+            let (site, location, confound, centre_ref, d_range, tissue): Candidate =
+                if confounder && attempt < 300 {
+                    match s.range_usize(0, 3) {
+                        0 => {
+                            let b = &lm.bladder;
+                            let side = if s.bernoulli(0.5) { -1.0 } else { 1.0 };
+                            let rr = s.uniform(5.0, 12.0);
+                            (
+                                Site::LymphNode,
+                                "perivesical".into(),
+                                Some("bladder"),
+                                [
+                                    b.c[0] + side * (b.r[0] + rr + 3.0),
+                                    b.c[1] + s.uniform(-5.0, 10.0),
+                                    b.c[2] - s.uniform(0.0, 10.0),
+                                ],
+                                (10.0, 24.0),
+                                Tissue::VisceralFat,
+                            )
+                        }
+                        1 => {
+                            let i = s.range_usize(0, lm.kidneys.len());
+                            let k = &lm.kidneys[i];
+                            let side = if k.c[0] < 0.0 { -1.0 } else { 1.0 };
+                            (
+                                Site::SoftTissue,
+                                if side < 0.0 {
+                                    "right_adrenal".into()
+                                } else {
+                                    "left_adrenal".into()
+                                },
+                                Some("kidney"),
+                                [
+                                    k.c[0] - side * 8.0,
+                                    k.c[1] - 6.0,
+                                    k.c[2] - k.r[2] - s.uniform(8.0, 14.0),
+                                ],
+                                (10.0, 26.0),
+                                Tissue::VisceralFat,
+                            )
+                        }
+                        _ => {
+                            let h = &lm.heart_lv;
+                            let dir = [
+                                s.uniform(0.6, 1.0),
+                                s.uniform(0.0, 0.6),
+                                s.uniform(-0.3, 0.3),
+                            ];
+                            let n = (dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]).sqrt();
+                            let off = h.r[0] + s.uniform(10.0, 16.0);
+                            (
+                                Site::Lung,
+                                "left_lower_lobe".into(),
+                                Some("heart"),
+                                [0, 1, 2].map(|a| h.c[a] + dir[a] / n * off),
+                                (8.0, 22.0),
+                                Tissue::Lung,
+                            )
+                        }
                     }
-                    1 => {
-                        let i = s.range_usize(0, lm.kidneys.len());
-                        let k = &lm.kidneys[i];
-                        let side = if k.c[0] < 0.0 { -1.0 } else { 1.0 };
-                        (
-                            Site::SoftTissue,
-                            if side < 0.0 {
-                                "right_adrenal".into()
-                            } else {
-                                "left_adrenal".into()
-                            },
-                            Some("kidney"),
-                            [
-                                k.c[0] - side * 8.0,
-                                k.c[1] - 6.0,
-                                k.c[2] - k.r[2] - s.uniform(8.0, 14.0),
-                            ],
-                            (10.0, 26.0),
-                            Tissue::VisceralFat,
-                        )
-                    }
-                    _ => {
-                        let h = &lm.heart_lv;
-                        let dir = [
-                            s.uniform(0.6, 1.0),
-                            s.uniform(0.0, 0.6),
-                            s.uniform(-0.3, 0.3),
-                        ];
-                        let n = (dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]).sqrt();
-                        let off = h.r[0] + s.uniform(10.0, 16.0);
-                        (
-                            Site::Lung,
-                            "left_lower_lobe".into(),
-                            Some("heart"),
-                            [0, 1, 2].map(|a| h.c[a] + dir[a] / n * off),
-                            (8.0, 22.0),
-                            Tissue::Lung,
-                        )
-                    }
-                }
-            } else if site_roll < 0.22 {
-                let i = s.range_usize(0, lm.lungs.len());
-                let side = if i == 0 { "right_lung" } else { "left_lung" };
-                (
-                    Site::Lung,
-                    side.into(),
-                    None,
-                    inside_ellipsoid_sample(&mut s, &lm.lungs[i], 0.8),
-                    (5.0, 30.0),
-                    Tissue::Lung,
-                )
-            } else if site_roll < 0.40 {
-                (
-                    Site::Liver,
-                    "liver".into(),
-                    None,
-                    inside_ellipsoid_sample(&mut s, &lm.liver[0], 0.75),
-                    (8.0, 40.0),
-                    Tissue::Liver,
-                )
-            } else if site_roll < 0.70 {
-                let (name, p) = lm.stations[s.range_usize(0, lm.stations.len())];
-                let j = [0; 3].map(|_| s.normal_clipped(0.0, 4.0));
-                (
-                    Site::LymphNode,
-                    name.into(),
-                    None,
-                    [p[0] + j[0], p[1] + j[1], p[2] + j[2]],
-                    (8.0, 30.0),
-                    Tissue::VisceralFat,
-                )
-            } else if site_roll < 0.80 {
-                let h = s.uniform(300.0, 880.0);
-                let Some([a, b, yc]) = trunk_frame(h) else {
-                    continue;
-                };
-                let th = s.uniform(0.0, std::f64::consts::TAU);
-                let off = s.uniform(-10.0, 5.0);
-                (
-                    Site::SoftTissue,
-                    "chest_or_abdominal_wall".into(),
-                    None,
-                    [(a + off) * th.sin(), yc + (b + off) * th.cos(), h],
-                    (8.0, 35.0),
-                    Tissue::Muscle,
-                )
-            } else {
-                let roll = s.uniform(0.0, 1.0);
-                let (name, c, max_r): (String, [f64; 3], f64) =
-                    if roll < 0.6 && !lm.vertebrae.is_empty() {
-                        let i = s.range_usize(7, lm.vertebrae.len());
-                        let (c, rx, _) = lm.vertebrae[i];
-                        let name = if i < 19 {
-                            format!("T{}", i - 6)
-                        } else {
-                            format!("L{}", i - 18)
-                        };
-                        (name, c, rx)
-                    } else if roll < 0.85 && !lm.iliac_points.is_empty() {
-                        let i = s.range_usize(0, lm.iliac_points.len());
-                        (
-                            if i == 0 {
-                                "right_ilium".into()
-                            } else {
-                                "left_ilium".into()
-                            },
-                            lm.iliac_points[i],
-                            14.0,
-                        )
-                    } else {
-                        let i = s.range_usize(0, lm.femoral_heads.len().max(1));
-                        let Some(&(c, r)) = lm.femoral_heads.get(i) else {
-                            continue;
-                        };
-                        (
-                            if i == 0 {
-                                "right_femoral_head".into()
-                            } else {
-                                "left_femoral_head".into()
-                            },
-                            c,
-                            r,
-                        )
+                } else if site_roll < 0.22 {
+                    let i = s.range_usize(0, lm.lungs.len());
+                    let side = if i == 0 { "right_lung" } else { "left_lung" };
+                    (
+                        Site::Lung,
+                        side.into(),
+                        None,
+                        inside_ellipsoid_sample(&mut s, &lm.lungs[i], 0.8),
+                        (5.0, 30.0),
+                        Tissue::Lung,
+                    )
+                } else if site_roll < 0.40 {
+                    (
+                        Site::Liver,
+                        "liver".into(),
+                        None,
+                        inside_ellipsoid_sample(&mut s, &lm.liver[0], 0.75),
+                        (8.0, 40.0),
+                        Tissue::Liver,
+                    )
+                } else if site_roll < 0.70 {
+                    let (name, p) = lm.stations[s.range_usize(0, lm.stations.len())];
+                    let j = [0; 3].map(|_| s.normal_clipped(0.0, 4.0));
+                    (
+                        Site::LymphNode,
+                        name.into(),
+                        None,
+                        [p[0] + j[0], p[1] + j[1], p[2] + j[2]],
+                        (8.0, 30.0),
+                        Tissue::VisceralFat,
+                    )
+                } else if site_roll < 0.80 {
+                    let h = s.uniform(300.0, 880.0);
+                    let Some([a, b, yc]) = trunk_frame(h) else {
+                        continue;
                     };
-                let j = [0; 3].map(|_| s.normal_clipped(0.0, 2.0));
-                (
-                    Site::Bone,
-                    name,
-                    None,
-                    [c[0] + j[0], c[1] + j[1], c[2] + j[2]],
-                    (8.0, (2.0 * max_r).min(30.0)),
-                    Tissue::RedMarrow,
-                )
-            };
+                    let th = s.uniform(0.0, std::f64::consts::TAU);
+                    let off = s.uniform(-10.0, 5.0);
+                    (
+                        Site::SoftTissue,
+                        "chest_or_abdominal_wall".into(),
+                        None,
+                        [(a + off) * th.sin(), yc + (b + off) * th.cos(), h],
+                        (8.0, 35.0),
+                        Tissue::Muscle,
+                    )
+                } else {
+                    let roll = s.uniform(0.0, 1.0);
+                    let (name, c, max_r): (String, [f64; 3], f64) =
+                        if roll < 0.6 && !lm.vertebrae.is_empty() {
+                            let i = s.range_usize(7, lm.vertebrae.len());
+                            let (c, rx, _) = lm.vertebrae[i];
+                            let name = if i < 19 {
+                                format!("T{}", i - 6)
+                            } else {
+                                format!("L{}", i - 18)
+                            };
+                            (name, c, rx)
+                        } else if roll < 0.85 && !lm.iliac_points.is_empty() {
+                            let i = s.range_usize(0, lm.iliac_points.len());
+                            (
+                                if i == 0 {
+                                    "right_ilium".into()
+                                } else {
+                                    "left_ilium".into()
+                                },
+                                lm.iliac_points[i],
+                                14.0,
+                            )
+                        } else {
+                            let i = s.range_usize(0, lm.femoral_heads.len().max(1));
+                            let Some(&(c, r)) = lm.femoral_heads.get(i) else {
+                                continue;
+                            };
+                            (
+                                if i == 0 {
+                                    "right_femoral_head".into()
+                                } else {
+                                    "left_femoral_head".into()
+                                },
+                                c,
+                                r,
+                            )
+                        };
+                    let j = [0; 3].map(|_| s.normal_clipped(0.0, 2.0));
+                    (
+                        Site::Bone,
+                        name,
+                        None,
+                        [c[0] + j[0], c[1] + j[1], c[2] + j[2]],
+                        (8.0, (2.0 * max_r).min(30.0)),
+                        Tissue::RedMarrow,
+                    )
+                };
             let centre = model.to_patient(centre_ref);
             let d_hi = d_range.1.max(min_d + 1.0).min(40.0);
             let d_lo = d_range.0.max(min_d).min(d_hi);
