@@ -209,7 +209,7 @@ fn matmul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
 /// Noise level: variance of a voxel = `NOISE_GAIN * weight/75 kg * SUV + NOISE_FLOOR`
 /// (about 10 % in the liver of a 75 kg patient).
 const NOISE_GAIN: f64 = 0.028;
-const NOISE_FLOOR: f64 = 0.002;
+const NOISE_FLOOR: f64 = 0.0004;
 
 /// The reconstructed PET in SUV on the PET grid.
 pub fn forward(
