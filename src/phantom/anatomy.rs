@@ -618,6 +618,24 @@ impl Model {
                     *label,
                     ANY,
                 );
+                // Arms raised above the head, as in whole-body PET/CT: upper arms beside the
+                // head, forearms crossing above it.
+                let arm_off = match li {
+                    0 => 0.5 * fat + 2.0,
+                    1 => 0.5 * fat,
+                    _ => 0.0,
+                };
+                for (a, c, r) in arm_segments(s) {
+                    b.push(
+                        Capsule {
+                            a,
+                            b: c,
+                            r: r + arm_off,
+                        },
+                        *label,
+                        ANY,
+                    );
+                }
             }
         }
         // Cavities: thorax (mediastinal fat, lungs painted later), abdomen and pelvis (bowel
@@ -1373,6 +1391,43 @@ impl Model {
             );
             lm.femoral_heads.push((head_c, 24.0));
         }
+        // Humerus, radius and ulna of the raised arms.
+        for s in [-1.0, 1.0] {
+            let [upper, fore] = arm_segments(s);
+            b.push(
+                Ellipsoid::new(upper.0, [22.0; 3]),
+                Tissue::CorticalBone,
+                ANY,
+            );
+            b.push(Ellipsoid::new(upper.0, [19.5; 3]), Tissue::RedMarrow, ANY);
+            b.push(
+                Capsule {
+                    a: upper.0,
+                    b: upper.1,
+                    r: 11.0,
+                },
+                Tissue::CorticalBone,
+                Tissue::Muscle.bit(),
+            );
+            b.push(
+                Capsule {
+                    a: upper.0,
+                    b: upper.1,
+                    r: 6.5,
+                },
+                Tissue::YellowMarrow,
+                Tissue::CorticalBone.bit(),
+            );
+            for dy in [-9.0, 9.0] {
+                let a = [fore.0[0], fore.0[1] + dy, fore.0[2]];
+                let c = [fore.1[0], fore.1[1] + dy, fore.1[2]];
+                b.push(
+                    Capsule { a, b: c, r: 6.0 },
+                    Tissue::CorticalBone,
+                    Tissue::Muscle.bit(),
+                );
+            }
+        }
         // Patient table below the body (CT only; PET has no activity there).
         // Flat carbon-fibre top and foam core, just under the patient's back.
         let table_y = 8.0 + 105.0 + fat * 1.1 + 3.0;
@@ -1521,6 +1576,15 @@ impl Model {
     pub fn to_patient(&self, r: [f64; 3]) -> [f64; 3] {
         self.patient.to_patient(r)
     }
+}
+
+/// The raised arm of side `s` (-1 right, +1 left): (start, end, muscle radius) of the upper arm
+/// (shoulder joint to elbow) and of the forearm (elbow to wrist), reference space.
+fn arm_segments(s: f64) -> [([f64; 3], [f64; 3], f64); 2] {
+    let shoulder = [s * 150.0, 12.0, 298.0];
+    let elbow = [s * 118.0, 22.0, -35.0];
+    let wrist = [s * 30.0, 30.0, -95.0];
+    [(shoulder, elbow, 40.0), (elbow, wrist, 30.0)]
 }
 
 /// Elliptic cylinder with the ellipsoid's in-plane radii and h extent.

@@ -207,8 +207,8 @@ fn matmul(a: &[[f64; 3]; 3], b: &[[f64; 3]; 3]) -> [[f64; 3]; 3] {
 }
 
 /// Noise level: variance of a voxel = `NOISE_GAIN * weight/75 kg * SUV + NOISE_FLOOR`
-/// (about 10 % in the liver of a 75 kg patient).
-const NOISE_GAIN: f64 = 0.028;
+/// (about 10 % in the liver of a 75 kg patient, before partial-volume spread).
+const NOISE_GAIN: f64 = 0.022;
 const NOISE_FLOOR: f64 = 0.0004;
 
 /// The reconstructed PET in SUV on the PET grid.
