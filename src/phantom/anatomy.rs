@@ -1043,7 +1043,9 @@ impl Model {
             }
             // Posterior arch: ring around the canal, spinous and transverse processes.
             let canal_y = yc + ry + 10.0;
-            let arch_h = (top + 1.0, top + body + 1.0);
+            // Laminae and facets span the disc level too: no gap between arches.
+            let next_top = levels.get(i + 1).map(|l| l.1).unwrap_or(top + body);
+            let arch_h = (top - 0.5, next_top + 0.5);
             let canal_r: f64 = if i < 7 { 8.0 } else { 9.0 };
             b.push(
                 Custom {

@@ -359,6 +359,11 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
         lesion_count,
     );
     let liver = model.landmarks.liver.first().map(|e| model.to_patient(e.c));
+    let kidney = model
+        .landmarks
+        .kidneys
+        .first()
+        .map(|e| model.to_patient(e.c));
     Ok(Phantom {
         options: options.clone(),
         patient,
@@ -373,7 +378,9 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
         reader_sensitive: readers.sensitive,
         reader_specific: readers.specific,
         truth,
-        model_liver_z: liver.map(|c| c[2]),
+        // A third of the way from the kidney to the liver centre: kidneys, liver, spleen,
+        // bowel and spine in one slice.
+        model_liver_z: liver.zip(kidney).map(|(l, k)| k[2] + (l[2] - k[2]) / 3.0),
         coronal_y_mm: model
             .landmarks
             .kidneys
