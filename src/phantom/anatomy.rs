@@ -740,6 +740,29 @@ impl Model {
         );
         b.push(bladder, Tissue::Bladder, ANY);
         lm.bladder = bladder;
+        // Ureters: thin urine-filled tubes from each renal pelvis along the psoas to the
+        // bladder (the hot lines of FDG PET that mimic nodes).
+        for k in lm.kidneys.clone() {
+            let side = k.c[0].signum();
+            let pts = [
+                [k.c[0] - side * 10.0, k.c[1] - 4.0, k.c[2]],
+                [side * 48.0, 38.0, 730.0],
+                [side * 42.0, 14.0, 805.0],
+                [side * 36.0, -6.0, 848.0],
+                [bladder.c[0] + side * 18.0, bladder.c[1] + 8.0, bladder.c[2]],
+            ];
+            for w in pts.windows(2) {
+                b.push(
+                    Capsule {
+                        a: w[0],
+                        b: w[1],
+                        r: 2.5,
+                    },
+                    Tissue::RenalPelvis,
+                    cavity | Tissue::Muscle.bit() | Tissue::Kidney.bit(),
+                );
+            }
+        }
 
         // --- Thorax: lungs, heart, great vessels, airways.
         let lung_r = b.jitter_ellipsoid(
@@ -755,6 +778,40 @@ impl Model {
         b.push(lung_r, Tissue::Lung, lung_may);
         b.push(lung_l, Tissue::Lung, lung_may);
         lm.lungs = vec![lung_r, lung_l];
+        // Pulmonary vessels: a branching tree from each hilum, painted only inside the lungs
+        // (on CT the lungs are not empty; on PET they add faint blood-pool structure).
+        let mut vs = Stream::new(patient.seed, "lung-vessels");
+        for side in [-1.0, 1.0] {
+            let hilum = [side * 44.0, 8.0, 462.0];
+            let mut stack: Vec<([f64; 3], [f64; 3], f64, f64, u32)> = [
+                [side * 0.5, 0.0, -0.85],
+                [side * 1.0, -0.2, 0.1],
+                [side * 0.55, 0.35, 0.75],
+                [side * 0.5, -0.7, 0.45],
+            ]
+            .iter()
+            .map(|d| (hilum, normalize(*d), 5.5, 48.0, 0u32))
+            .collect();
+            while let Some((start, dir, r, len, generation)) = stack.pop() {
+                let end = [0, 1, 2].map(|a| start[a] + dir[a] * len);
+                b.push(
+                    Capsule {
+                        a: start,
+                        b: end,
+                        r,
+                    },
+                    Tissue::Blood,
+                    Tissue::Lung.bit(),
+                );
+                if generation < 4 {
+                    for _ in 0..2 {
+                        let jitter = vs.unit_vector();
+                        let d = normalize([0, 1, 2].map(|a| dir[a] + 0.55 * jitter[a]));
+                        stack.push((end, d, r * 0.7, len * 0.72, generation + 1));
+                    }
+                }
+            }
+        }
 
         let spine = |h: f64| spine_y(h);
         let vessel = |bld: &mut Builder, pts: &[[f64; 3]], r: f64, label: Tissue| {
@@ -1587,6 +1644,11 @@ fn arm_segments(s: f64) -> [([f64; 3], [f64; 3], f64); 2] {
     let elbow = [s * 118.0, 22.0, -35.0];
     let wrist = [s * 30.0, 30.0, -95.0];
     [(shoulder, elbow, 40.0), (elbow, wrist, 30.0)]
+}
+
+fn normalize(v: [f64; 3]) -> [f64; 3] {
+    let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt().max(1e-12);
+    v.map(|c| c / n)
 }
 
 /// Elliptic cylinder with the ellipsoid's in-plane radii and h extent.
