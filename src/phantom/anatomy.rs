@@ -783,7 +783,7 @@ impl Model {
         let mut vs = Stream::new(patient.seed, "lung-vessels");
         for side in [-1.0, 1.0] {
             let hilum = [side * 44.0, 8.0, 462.0];
-            let mut stack: Vec<([f64; 3], [f64; 3], f64, f64, u32)> = [
+            let mut stack: Vec<Branch> = [
                 [side * 0.5, 0.0, -0.85],
                 [side * 1.0, -0.2, 0.1],
                 [side * 0.55, 0.35, 0.75],
@@ -1645,6 +1645,9 @@ fn arm_segments(s: f64) -> [([f64; 3], [f64; 3], f64); 2] {
     let wrist = [s * 30.0, 30.0, -95.0];
     [(shoulder, elbow, 40.0), (elbow, wrist, 30.0)]
 }
+
+/// A vessel branch to paint: start, direction, radius (mm), length (mm), generation.
+type Branch = ([f64; 3], [f64; 3], f64, f64, u32);
 
 fn normalize(v: [f64; 3]) -> [f64; 3] {
     let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt().max(1e-12);
