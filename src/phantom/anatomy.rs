@@ -751,16 +751,24 @@ impl Model {
                 [side * 36.0, -6.0, 848.0],
                 [bladder.c[0] + side * 18.0, bladder.c[1] + 8.0, bladder.c[2]],
             ];
+            // Peristalsis: only some stretches hold urine at the time of the scan.
+            let mut us = Stream::new(patient.seed, &format!("ureter{side}"));
             for w in pts.windows(2) {
-                b.push(
-                    Capsule {
-                        a: w[0],
-                        b: w[1],
-                        r: 2.5,
-                    },
-                    Tissue::RenalPelvis,
-                    cavity | Tissue::Muscle.bit() | Tissue::Kidney.bit(),
-                );
+                for part in 0..3 {
+                    if !us.bernoulli(0.55) {
+                        continue;
+                    }
+                    let at = |t: f64| [0, 1, 2].map(|a| w[0][a] + t * (w[1][a] - w[0][a]));
+                    b.push(
+                        Capsule {
+                            a: at(part as f64 / 3.0),
+                            b: at((part + 1) as f64 / 3.0),
+                            r: 2.2,
+                        },
+                        Tissue::RenalPelvis,
+                        cavity | Tissue::Muscle.bit() | Tissue::Kidney.bit(),
+                    );
+                }
             }
         }
 
