@@ -16,6 +16,8 @@ command -v dciodvfy >/dev/null || need+=(dicom3tools)
 command -v unshare >/dev/null || need+=(util-linux)
 command -v ip >/dev/null || need+=(iproute2)
 command -v curl >/dev/null || need+=(curl)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
 command -v pg_ctl >/dev/null || ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 || need+=(postgresql)
 if ((${#need[@]})); then
   log "installing ${need[*]}"
@@ -30,6 +32,12 @@ fi
 if ! python3 -c 'import pydicom, numpy' 2>/dev/null; then
   log "installing pydicom and numpy"
   python3 -m pip install -q --disable-pip-version-check pydicom numpy
+fi
+
+# --- OHIF's SUV reference implementation (npm), fetched before the network goes away ---------
+if [ ! -d tests/js/node_modules/@cornerstonejs/calculate-suv ]; then
+  log "installing @cornerstonejs/calculate-suv"
+  (cd tests/js && npm ci --no-audit --no-fund --silent)
 fi
 
 # --- PostgreSQL ------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ pub enum Command {
         #[command(subcommand)]
         action: ListAction,
     },
+    /// Write a synthetic whole-body FDG PET/CT study with ground truth.
+    Phantom(crate::phantom::PhantomArgs),
 }
 
 #[derive(Subcommand)]
@@ -148,6 +150,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Phantom(args) => {
+            let summary = crate::phantom::run(&args)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { action: ListAction::List { config, json } } => {

@@ -1,5 +1,6 @@
 //! petct-node: a DICOM-native PET/CT AI node. Modules follow the data flow of DESIGN.md:
-//! `dimse` receives, `ingest` checks and indexes into `store` and `db`, `server` wires them.
+//! `dimse` receives, `ingest` checks and indexes into `store` and `db`, `server` wires them;
+//! `phantom` writes synthetic PET/CT studies for tests, demos and training.
 
 pub mod cli;
 pub mod config;
@@ -7,5 +8,6 @@ pub mod db;
 pub mod dimse;
 pub mod ids;
 pub mod ingest;
+pub mod phantom;
 pub mod server;
 pub mod store;
