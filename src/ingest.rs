@@ -96,15 +96,27 @@ impl Ingest {
             return Err(refuse(Status::OUT_OF_RESOURCES, "storage below storage.min_free_mb watermark"));
         }
 
-        // Parse, check and hash off the async threads: this is CPU work on up to a gigabyte.
-        let (parsed, data_set) = tokio::task::spawn_blocking(move || {
-            let parsed =
-                parse(&data_set, &transfer_syntax_uid, &context_sop_class_uid, &command_instance, calling_ae.as_str());
-            (parsed, data_set)
-        })
-        .await
-        .map_err(|e| refuse(Status::PROCESSING_FAILURE, format!("parser task failed: {e}")))?;
-        let Parsed { mut record, study, series, instance } = parsed?;
+        // Write the durable temporary file while the data set is parsed, checked and hashed
+        // (both off the async threads): the parse then costs no latency. The file only gets its
+        // final name once the data set has passed every check.
+        let meta = file_meta(&context_sop_class_uid, command_instance.as_str(), &transfer_syntax_uid, calling_ae.as_str())
+            .map_err(|e| refuse(Status::PROCESSING_FAILURE, e))?;
+        let data_set = Arc::new(data_set);
+        let writer = {
+            let (store, data_set) = (self.store.clone(), data_set.clone());
+            tokio::task::spawn_blocking(move || store.write_temp(&[&meta, &data_set]))
+        };
+        let parser = tokio::task::spawn_blocking(move || {
+            parse(&data_set, &transfer_syntax_uid, &context_sop_class_uid, &command_instance, calling_ae.as_str())
+        });
+        let (temp, parsed) = tokio::join!(writer, parser);
+        let task_failed = |e: tokio::task::JoinError| refuse(Status::PROCESSING_FAILURE, format!("task failed: {e}"));
+        let temp = temp.map_err(task_failed)?.map_err(|e| {
+            warn!(error = %e, "writing instance failed");
+            refuse(Status::OUT_OF_RESOURCES, "cannot write instance file")
+        });
+        let Parsed { mut record, study, series, instance } = parsed.map_err(task_failed)??;
+        let temp = temp?;
         let parsed_at = Instant::now();
 
         match self.db.instance_digest(&record.sop_instance_uid).await {
@@ -124,12 +136,11 @@ impl Ingest {
 
         let relative = Store::relative_path(&study, &series, &instance);
         record.path = relative.to_string_lossy().into_owned();
-        let file_meta = file_meta(&record).map_err(|e| refuse(Status::PROCESSING_FAILURE, e))?;
         let store = self.store.clone();
         let rel: PathBuf = relative.clone();
-        let dir = tokio::task::spawn_blocking(move || store.write_and_rename(&rel, &[&file_meta, &data_set]))
+        let dir = tokio::task::spawn_blocking(move || temp.persist(&store, &rel))
             .await
-            .map_err(|e| refuse(Status::PROCESSING_FAILURE, format!("writer task failed: {e}")))?
+            .map_err(task_failed)?
             .map_err(|e| {
                 warn!(error = %e, "writing instance failed");
                 refuse(Status::OUT_OF_RESOURCES, "cannot write instance file")
@@ -230,14 +241,15 @@ fn db_refusal(e: DbError) -> Refusal {
     refuse(Status::OUT_OF_RESOURCES, "database unavailable, retry later")
 }
 
-fn file_meta(r: &InstanceRecord) -> Result<Vec<u8>, String> {
+/// Preamble, `DICM` and the file meta group for a received data set.
+fn file_meta(sop_class: &str, sop_instance: &str, transfer_syntax: &str, calling_ae: &str) -> Result<Vec<u8>, String> {
     let meta = FileMetaTableBuilder::new()
-        .media_storage_sop_class_uid(r.sop_class_uid.as_str())
-        .media_storage_sop_instance_uid(r.sop_instance_uid.as_str())
-        .transfer_syntax(r.transfer_syntax_uid.as_str())
+        .media_storage_sop_class_uid(sop_class)
+        .media_storage_sop_instance_uid(sop_instance)
+        .transfer_syntax(transfer_syntax)
         .implementation_class_uid(IMPLEMENTATION_CLASS_UID)
         .implementation_version_name(IMPLEMENTATION_VERSION_NAME)
-        .source_application_entity_title(r.calling_ae.as_str())
+        .source_application_entity_title(calling_ae)
         .build()
         .map_err(|e| format!("building file meta: {e}"))?;
     let mut out = vec![0u8; 128];

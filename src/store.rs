@@ -62,34 +62,49 @@ impl Store {
         Ok(free >= self.min_free_bytes.saturating_add(incoming_bytes))
     }
 
-    /// Writes `parts` as one file at `relative`: temp file, fdatasync, rename. The caller must
-    /// then make the rename durable with [`sync_dir`] (returned as the directory to sync) before
-    /// acknowledging; that fsync can overlap other durable work such as a database commit.
-    pub fn write_and_rename(&self, relative: &Path, parts: &[&[u8]]) -> Result<PathBuf, StoreError> {
-        let dest = self.root.join(relative);
-        let werr = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Write { path, source }
-        };
-        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
-        create_dirs_durably(&self.root, &dir).map_err(werr(&dir))?;
+    /// Writes `parts` to a temporary file and fdatasyncs it. Nothing is visible until
+    /// [`TempFile::persist`]; a `TempFile` dropped unpersisted is deleted.
+    pub fn write_temp(&self, parts: &[&[u8]]) -> Result<TempFile, StoreError> {
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("{}-{n}.part", std::process::id()));
-        let result = (|| {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+        let temp = TempFile { path: self.tmp.join(format!("{}-{n}.part", std::process::id())), persisted: false };
+        let written = (|| {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&temp.path)?;
             for p in parts {
                 f.write_all(p)?;
             }
             // Data first: the final name must never point at a partial file.
-            f.sync_data()?;
-            drop(f);
-            fs::rename(&tmp, &dest)
+            f.sync_data()
         })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result.map_err(werr(&dest))?;
+        written.map_err(|source| StoreError::Write { path: temp.path.clone(), source })?;
+        Ok(temp)
+    }
+}
+
+/// A durable temporary file waiting for its final name.
+pub struct TempFile {
+    path: PathBuf,
+    persisted: bool,
+}
+
+impl TempFile {
+    /// Renames the file to `relative` under the store. The caller must make the rename durable
+    /// with [`sync_dir`] on the returned directory before acknowledging; that fsync can overlap
+    /// other durable work such as a database commit.
+    pub fn persist(mut self, store: &Store, relative: &Path) -> Result<PathBuf, StoreError> {
+        let dest = store.root.join(relative);
+        let dir = dest.parent().unwrap_or(&store.root).to_path_buf();
+        create_dirs_durably(&store.root, &dir).map_err(|source| StoreError::Write { path: dir.clone(), source })?;
+        fs::rename(&self.path, &dest).map_err(|source| StoreError::Write { path: dest.clone(), source })?;
+        self.persisted = true;
         Ok(dir)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.persisted {
+            let _ = fs::remove_file(&self.path);
+        }
     }
 }
 
@@ -145,10 +160,11 @@ mod tests {
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
         let uid = |s: &str| Uid::parse(s).unwrap();
         let rel = Store::relative_path(&uid("1.2"), &uid("1.2.3"), &uid("1.2.3.4"));
-        sync_dir(&store.write_and_rename(&rel, &[b"abc", b"def"]).unwrap()).unwrap();
+        sync_dir(&store.write_temp(&[b"abc", b"def"]).unwrap().persist(&store, &rel).unwrap()).unwrap();
         assert_eq!(std::fs::read(store.absolute(&rel)).unwrap(), b"abcdef");
-        sync_dir(&store.write_and_rename(&rel, &[b"new"]).unwrap()).unwrap();
+        sync_dir(&store.write_temp(&[b"new"]).unwrap().persist(&store, &rel).unwrap()).unwrap();
         assert_eq!(std::fs::read(store.absolute(&rel)).unwrap(), b"new");
+        drop(store.write_temp(&[b"abandoned"]).unwrap());
         assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
