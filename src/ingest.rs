@@ -81,6 +81,7 @@ impl Ingest {
             .ok_or_else(|| refuse(Status::CANNOT_UNDERSTAND, "Affected SOP Instance UID missing"))?;
         let command_instance = Uid::parse(command_instance)
             .map_err(|e| refuse(Status::CANNOT_UNDERSTAND, format!("Affected SOP Instance UID invalid: {e}")))?;
+        let sop_instance_uid_text = command_instance.to_string();
         let command_class = sop_class_uid.unwrap_or_default();
         if command_class.trim_end_matches(['\0', ' ']) != context_sop_class_uid {
             return Err(refuse(
@@ -99,8 +100,9 @@ impl Ingest {
         // Write the durable temporary file while the data set is parsed, checked and hashed
         // (both off the async threads): the parse then costs no latency. The file only gets its
         // final name once the data set has passed every check.
-        let meta = file_meta(&context_sop_class_uid, command_instance.as_str(), &transfer_syntax_uid, calling_ae.as_str())
-            .map_err(|e| refuse(Status::PROCESSING_FAILURE, e))?;
+        let meta =
+            file_meta(&context_sop_class_uid, command_instance.as_str(), &transfer_syntax_uid, calling_ae.as_str())
+                .map_err(|e| refuse(Status::PROCESSING_FAILURE, e))?;
         let data_set = Arc::new(data_set);
         let writer = {
             let (store, data_set) = (self.store.clone(), data_set.clone());
@@ -109,7 +111,9 @@ impl Ingest {
         let parser = tokio::task::spawn_blocking(move || {
             parse(&data_set, &transfer_syntax_uid, &context_sop_class_uid, &command_instance, calling_ae.as_str())
         });
-        let (temp, parsed) = tokio::join!(writer, parser);
+        // The index lookup for a re-sent instance needs only the command's UID: run it alongside.
+        let lookup_uid = sop_instance_uid_text.clone();
+        let (temp, parsed, known) = tokio::join!(writer, parser, self.db.instance_digest(&lookup_uid));
         let task_failed = |e: tokio::task::JoinError| refuse(Status::PROCESSING_FAILURE, format!("task failed: {e}"));
         let temp = temp.map_err(task_failed)?.map_err(|e| {
             warn!(error = %e, "writing instance failed");
@@ -119,7 +123,7 @@ impl Ingest {
         let temp = temp?;
         let parsed_at = Instant::now();
 
-        match self.db.instance_digest(&record.sop_instance_uid).await {
+        match known {
             Ok(Some(known)) if known.series_uid != record.series_uid => {
                 return Err(refuse(Status::CANNOT_UNDERSTAND, "SOP Instance UID already stored in another series"));
             }
@@ -138,13 +142,12 @@ impl Ingest {
         record.path = relative.to_string_lossy().into_owned();
         let store = self.store.clone();
         let rel: PathBuf = relative.clone();
-        let dir = tokio::task::spawn_blocking(move || temp.persist(&store, &rel))
-            .await
-            .map_err(task_failed)?
-            .map_err(|e| {
+        let dir = tokio::task::spawn_blocking(move || temp.persist(&store, &rel)).await.map_err(task_failed)?.map_err(
+            |e| {
                 warn!(error = %e, "writing instance failed");
                 refuse(Status::OUT_OF_RESOURCES, "cannot write instance file")
-            })?;
+            },
+        )?;
         let written_at = Instant::now();
         // The directory fsync and the database commit are independent: run them together (on
         // journaling file systems they share one journal commit). Both finish before Success.
@@ -284,8 +287,9 @@ fn parse(
     let ts = TransferSyntaxRegistry
         .get(ts_uid)
         .ok_or_else(|| refuse(Status::CANNOT_UNDERSTAND, format!("unknown transfer syntax {ts_uid}")))?;
-    let obj = InMemDicomObject::read_dataset_with_ts(bytes, ts)
-        .map_err(|e| refuse(Status::CANNOT_UNDERSTAND, format!("data set unreadable: {e}")))?;
+    // Hash beside the parse: both are CPU-bound passes over the whole data set.
+    let (obj, digest) = rayon::join(|| InMemDicomObject::read_dataset_with_ts(bytes, ts), || Sha256::digest(bytes));
+    let obj = obj.map_err(|e| refuse(Status::CANNOT_UNDERSTAND, format!("data set unreadable: {e}")))?;
     let class = required_uid(&obj, tags::SOP_CLASS_UID, "SOP Class UID")?;
     if class.as_str() != context_class {
         return Err(refuse(Status::DATA_SET_MISMATCH, "SOP Class UID does not match the presentation context"));
@@ -332,7 +336,7 @@ fn parse(
         acquired_at_ms,
         path: String::new(),
         size_bytes: bytes.len() as i64,
-        sha256: hex::encode(Sha256::digest(bytes)),
+        sha256: hex::encode(digest),
         calling_ae: calling_ae.to_string(),
         received_at_ms: now_ms(),
     };

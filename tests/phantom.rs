@@ -13,12 +13,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject, open_file};
 use petct_node::phantom::{self, Misalign, PhantomOptions, Profile, Vendor};
 use serde_json::Value;
 
-const VENDORS: [Vendor; 4] = [
-    Vendor::Siemens,
-    Vendor::Ge,
-    Vendor::PhilipsBqml,
-    Vendor::PhilipsCnts,
-];
+const VENDORS: [Vendor; 4] = [Vendor::Siemens, Vendor::Ge, Vendor::PhilipsBqml, Vendor::PhilipsCnts];
 
 fn options(seed: u64, vendor: Vendor) -> PhantomOptions {
     let mut o = PhantomOptions::new(seed, Profile::Small);
@@ -43,8 +38,7 @@ fn dcm_files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn truth(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("truth/truth.json")).expect("truth.json"))
-        .expect("json")
+    serde_json::from_slice(&std::fs::read(dir.join("truth/truth.json")).expect("truth.json")).expect("json")
 }
 
 fn str_of(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
@@ -71,19 +65,9 @@ fn have_dciodvfy() -> bool {
 
 /// dciodvfy's error lines for a file (empty = valid).
 fn dciodvfy_errors(path: &Path) -> Vec<String> {
-    let out = Command::new("dciodvfy")
-        .arg(path)
-        .output()
-        .expect("run dciodvfy");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .filter(|l| l.starts_with("Error"))
-        .map(String::from)
-        .collect()
+    let out = Command::new("dciodvfy").arg(path).output().expect("run dciodvfy");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    text.lines().filter(|l| l.starts_with("Error")).map(String::from).collect()
 }
 
 #[test]
@@ -118,17 +102,10 @@ fn dciodvfy_check_catches_a_broken_pet_header() {
     let src = &dcm_files(&dir.path().join("PT"))[0];
     let mut obj = open_file(src).expect("open");
     // Patient Position must not be present with the Patient Orientation Code Sequence.
-    obj.put(dicom_core::DataElement::new(
-        tags::PATIENT_POSITION,
-        dicom_core::VR::CS,
-        "HFS",
-    ));
+    obj.put(dicom_core::DataElement::new(tags::PATIENT_POSITION, dicom_core::VR::CS, "HFS"));
     let bad = dir.path().join("bad.dcm");
     obj.write_to_file(&bad).expect("write");
-    assert!(
-        !dciodvfy_errors(&bad).is_empty(),
-        "dciodvfy should flag the broken file"
-    );
+    assert!(!dciodvfy_errors(&bad).is_empty(), "dciodvfy should flag the broken file");
 }
 
 // ---------------------------------------------------------------- SUV factor (QIBA)
@@ -192,10 +169,8 @@ fn read_pet_header(obj: &DefaultDicomObject) -> PetHeader {
         start_time: str_of(&rp, tags::RADIOPHARMACEUTICAL_START_TIME),
         total_dose_bq: f64_of(&rp, tags::RADIONUCLIDE_TOTAL_DOSE).expect("dose"),
         half_life_s: f64_of(&rp, tags::RADIONUCLIDE_HALF_LIFE).expect("half-life"),
-        philips_suv_factor: private(0x7053, "Philips PET Private Group", 0x00)
-            .and_then(|s| s.trim().parse().ok()),
-        philips_activity_factor: private(0x7053, "Philips PET Private Group", 0x09)
-            .and_then(|s| s.trim().parse().ok()),
+        philips_suv_factor: private(0x7053, "Philips PET Private Group", 0x00).and_then(|s| s.trim().parse().ok()),
+        philips_activity_factor: private(0x7053, "Philips PET Private Group", 0x09).and_then(|s| s.trim().parse().ok()),
         ge_post_injection_datetime: private(0x0009, "GEMS_PETD_01", 0x0d),
         frame_reference_time_ms: f64_of(obj, tags::FRAME_REFERENCE_TIME),
         actual_frame_duration_ms: f64_of(obj, tags::ACTUAL_FRAME_DURATION),
@@ -208,11 +183,8 @@ fn seconds(date: &str, time: &str) -> f64 {
     let y: i32 = date[0..4].parse().expect("year");
     let m: u8 = date[4..6].parse().expect("month");
     let d: u8 = date[6..8].parse().expect("day");
-    let day = time::Date::from_calendar_date(y, time::Month::try_from(m).expect("month"), d)
-        .expect("date");
-    let days = (day
-        - time::Date::from_calendar_date(1970, time::Month::January, 1).expect("epoch"))
-    .whole_days();
+    let day = time::Date::from_calendar_date(y, time::Month::try_from(m).expect("month"), d).expect("date");
+    let days = (day - time::Date::from_calendar_date(1970, time::Month::January, 1).expect("epoch")).whole_days();
     let t = time.trim();
     let hh: f64 = t[0..2].parse().expect("hh");
     let mm: f64 = t.get(2..4).map_or(0.0, |v| v.parse().expect("mm"));
@@ -227,17 +199,12 @@ fn dt_seconds(dt: &str) -> f64 {
 /// SUVbw factor per the QIBA vendor-neutral pseudo-code (rescaled pixel value -> SUVbw).
 fn qiba_suv_bw_factor(headers: &[PetHeader]) -> f64 {
     let h = &headers[0];
-    assert!(
-        h.corrected_image.iter().any(|c| c == "ATTN")
-            && h.corrected_image.iter().any(|c| c == "DECY")
-    );
+    assert!(h.corrected_image.iter().any(|c| c == "ATTN") && h.corrected_image.iter().any(|c| c == "DECY"));
     let bqml_factor = || {
         assert_eq!(h.decay_correction, "START");
         let series = seconds(&h.series_date, &h.series_time);
-        let earliest_acq = headers
-            .iter()
-            .map(|x| seconds(&x.acquisition_date, &x.acquisition_time))
-            .fold(f64::MAX, f64::min);
+        let earliest_acq =
+            headers.iter().map(|x| seconds(&x.acquisition_date, &x.acquisition_time)).fold(f64::MAX, f64::min);
         let scan = if series <= earliest_acq {
             series
         } else if let Some(ge) = &h.ge_post_injection_datetime {
@@ -267,10 +234,7 @@ fn qiba_suv_bw_factor(headers: &[PetHeader]) -> f64 {
 }
 
 fn pet_headers(dir: &Path) -> Vec<PetHeader> {
-    dcm_files(&dir.join("PT"))
-        .iter()
-        .map(|p| read_pet_header(&open_file(p).expect("open PT")))
-        .collect()
+    dcm_files(&dir.join("PT")).iter().map(|p| read_pet_header(&open_file(p).expect("open PT"))).collect()
 }
 
 #[test]
@@ -283,10 +247,7 @@ fn qiba_suv_factor_from_headers_matches_truth_for_every_vendor() {
         assert!(rel(summary.suv_bw_factor, truth_factor) < 1e-15);
         let headers = pet_headers(dir.path());
         let f = qiba_suv_bw_factor(&headers);
-        assert!(
-            rel(f, truth_factor) < 1e-6,
-            "{vendor:?}: headers {f} vs truth {truth_factor}"
-        );
+        assert!(rel(f, truth_factor) < 1e-6, "{vendor:?}: headers {f} vs truth {truth_factor}");
         if vendor == Vendor::PhilipsCnts {
             // The activity-concentration route must agree with the SUV scale factor.
             let mut no_suv = headers.clone();
@@ -294,18 +255,12 @@ fn qiba_suv_factor_from_headers_matches_truth_for_every_vendor() {
                 h.philips_suv_factor = None;
             }
             let g = qiba_suv_bw_factor(&no_suv);
-            assert!(
-                rel(g, truth_factor) < 1e-6,
-                "CNTS via (7053,1009): {g} vs {truth_factor}"
-            );
+            assert!(rel(g, truth_factor) < 1e-6, "CNTS via (7053,1009): {g} vs {truth_factor}");
         }
         if vendor == Vendor::Ge {
             // GE writes a Series Time after the acquisition: the private date-time is needed.
             let h = &headers[0];
-            assert!(
-                seconds(&h.series_date, &h.series_time)
-                    > seconds(&h.acquisition_date, &h.acquisition_time)
-            );
+            assert!(seconds(&h.series_date, &h.series_time) > seconds(&h.acquisition_date, &h.acquisition_time));
         }
         // Pixel values times the factor give back the generator's PET SUV.
         let ph = phantom::build(&o).expect("build");
@@ -314,16 +269,9 @@ fn qiba_suv_factor_from_headers_matches_truth_for_every_vendor() {
         for f in [&files[0], &files[files.len() / 2]] {
             let obj = open_file(f).expect("open");
             let h = read_pet_header(&obj);
-            let index: usize = str_of(&obj, tags::IMAGE_INDEX)
-                .expect("index")
-                .parse()
-                .expect("int");
+            let index: usize = str_of(&obj, tags::IMAGE_INDEX).expect("index").parse().expect("int");
             let k = g.nz() - index;
-            let pixels = obj
-                .element(tags::PIXEL_DATA)
-                .expect("pixels")
-                .to_bytes()
-                .expect("bytes");
+            let pixels = obj.element(tags::PIXEL_DATA).expect("pixels").to_bytes().expect("bytes");
             let n = g.nx() * g.ny();
             let step = h.rescale_slope * truth_factor;
             for p in 0..n {
@@ -425,18 +373,11 @@ fn cornerstone_calculate_suv_matches_truth_for_every_vendor() {
             .current_dir(js_dir())
             .output()
             .expect("run node");
-        assert!(
-            out.status.success(),
-            "{vendor:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{vendor:?}: {}", String::from_utf8_lossy(&out.stderr));
         let factors: Vec<f64> = serde_json::from_slice(&out.stdout).expect("factors");
         assert_eq!(factors.len(), headers.len());
         for f in factors {
-            assert!(
-                rel(f, truth_factor) < 1e-6,
-                "{vendor:?}: calculate-suv {f} vs truth {truth_factor}"
-            );
+            assert!(rel(f, truth_factor) < 1e-6, "{vendor:?}: calculate-suv {f} vs truth {truth_factor}");
         }
     }
 }
@@ -460,19 +401,10 @@ fn read_nifti(path: &Path) -> Nifti {
     assert_eq!(i32::from_le_bytes(bytes[0..4].try_into().expect("4")), 348);
     assert_eq!(&bytes[344..348], b"n+1\0");
     assert_eq!(i16_at(254), 1, "sform_code");
-    let dims = [
-        i16_at(42) as usize,
-        i16_at(44) as usize,
-        i16_at(46) as usize,
-    ];
+    let dims = [i16_at(42) as usize, i16_at(44) as usize, i16_at(46) as usize];
     let srow = [0, 1, 2].map(|r| [0, 1, 2, 3].map(|c| f32_at(280 + 16 * r + 4 * c)));
     let offset = f32_at(108) as usize;
-    Nifti {
-        dims,
-        srow,
-        datatype: i16_at(70),
-        data: bytes[offset..].to_vec(),
-    }
+    Nifti { dims, srow, datatype: i16_at(70), data: bytes[offset..].to_vec() }
 }
 
 impl Nifti {
@@ -482,10 +414,7 @@ impl Nifti {
     }
     fn f32s(&self) -> Vec<f32> {
         assert_eq!(self.datatype, 16);
-        self.data
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect()
+        self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
     }
 }
 
@@ -504,12 +433,8 @@ fn lesion_truth_is_consistent_with_masks_and_noiseless_activity() {
         let list = t["lesions"].as_array().expect("lesions");
         assert_eq!(list.len(), summary.lesions);
         assert!(!list.is_empty(), "seed {seed} has lesions");
-        let spacing: Vec<f64> = t["ct_grid"]["spacing_mm"]
-            .as_array()
-            .expect("spacing")
-            .iter()
-            .map(|v| v.as_f64().expect("f"))
-            .collect();
+        let spacing: Vec<f64> =
+            t["ct_grid"]["spacing_mm"].as_array().expect("spacing").iter().map(|v| v.as_f64().expect("f")).collect();
         let voxel_ml = spacing.iter().product::<f64>() / 1000.0;
         let (mut n_sens, mut n_spec) = (0, 0);
         for l in list {
@@ -517,24 +442,10 @@ fn lesion_truth_is_consistent_with_masks_and_noiseless_activity() {
             let voxels: Vec<usize> = (0..lab.len()).filter(|&i| lab[i] == id).collect();
             assert_eq!(voxels.len() as u64, l["voxels"].as_u64().expect("voxels"));
             let mean = voxels.iter().map(|&i| suv[i] as f64).sum::<f64>() / voxels.len() as f64;
-            let max = voxels
-                .iter()
-                .map(|&i| suv[i] as f64)
-                .fold(f64::MIN, f64::max);
-            assert!(
-                rel(mean, l["true_suv_mean"].as_f64().expect("mean")) < 1e-9,
-                "lesion {id} mean"
-            );
-            assert!(
-                rel(max, l["true_suv_max"].as_f64().expect("max")) < 1e-9,
-                "lesion {id} max"
-            );
-            assert!(
-                rel(
-                    voxels.len() as f64 * voxel_ml,
-                    l["volume_ml"].as_f64().expect("vol")
-                ) < 1e-9
-            );
+            let max = voxels.iter().map(|&i| suv[i] as f64).fold(f64::MIN, f64::max);
+            assert!(rel(mean, l["true_suv_mean"].as_f64().expect("mean")) < 1e-9, "lesion {id} mean");
+            assert!(rel(max, l["true_suv_max"].as_f64().expect("max")) < 1e-9, "lesion {id} max");
+            assert!(rel(voxels.len() as f64 * voxel_ml, l["volume_ml"].as_f64().expect("vol")) < 1e-9);
             // Blurring lowers the maximum and SUVpeak lies between mean and max of the blur.
             let (omax, omean, opeak) = (
                 l["observed_suv_max"].as_f64().expect("omax"),
@@ -545,46 +456,27 @@ fn lesion_truth_is_consistent_with_masks_and_noiseless_activity() {
             // Next to a hot organ the blur spills in and SUVpeak's sphere reaches into it
             // (the point of confounders); elsewhere blurring only lowers the values.
             if l["confounder"].is_null() {
-                assert!(
-                    omax <= max + 1e-6 && opeak <= omax + 1e-6,
-                    "lesion {id}: {max} {omax} {opeak}"
-                );
+                assert!(omax <= max + 1e-6 && opeak <= omax + 1e-6, "lesion {id}: {max} {omax} {opeak}");
             }
-            let marked: Vec<&str> = l["marked_by"]
-                .as_array()
-                .expect("marked")
-                .iter()
-                .map(|v| v.as_str().expect("s"))
-                .collect();
+            let marked: Vec<&str> =
+                l["marked_by"].as_array().expect("marked").iter().map(|v| v.as_str().expect("s")).collect();
             if marked.contains(&"high_sensitivity") {
                 n_sens += 1;
-                assert!(
-                    voxels.iter().all(|&i| sens[i] == id),
-                    "sensitive reader must contain lesion {id}"
-                );
+                assert!(voxels.iter().all(|&i| sens[i] == id), "sensitive reader must contain lesion {id}");
                 let grown = sens.iter().filter(|&&v| v == id).count();
-                assert!(
-                    grown > voxels.len(),
-                    "sensitive borders are looser for lesion {id}"
-                );
+                assert!(grown > voxels.len(), "sensitive borders are looser for lesion {id}");
             } else {
                 assert!(!sens.contains(&id));
             }
             if marked.contains(&"high_specificity") {
                 n_spec += 1;
                 let core: Vec<usize> = (0..spec.len()).filter(|&i| spec[i] == id).collect();
-                assert!(
-                    !core.is_empty() && core.iter().all(|&i| lab[i] == id),
-                    "specific reader inside lesion {id}"
-                );
+                assert!(!core.is_empty() && core.iter().all(|&i| lab[i] == id), "specific reader inside lesion {id}");
             } else {
                 assert!(!spec.contains(&id));
             }
         }
-        assert!(
-            n_spec < n_sens,
-            "seed {seed}: specificity reader marks fewer ({n_spec} vs {n_sens})"
-        );
+        assert!(n_spec < n_sens, "seed {seed}: specificity reader marks fewer ({n_spec} vs {n_sens})");
     }
 }
 
@@ -592,10 +484,8 @@ fn lesion_truth_is_consistent_with_masks_and_noiseless_activity() {
 fn nifti_affine_matches_the_ct_headers() {
     let (dir, _) = generate(&options(51, Vendor::Siemens));
     let n = read_nifti(&dir.path().join("truth/tissues.nii.gz"));
-    let cts: Vec<DefaultDicomObject> = dcm_files(&dir.path().join("CT"))
-        .iter()
-        .map(|p| open_file(p).expect("ct"))
-        .collect();
+    let cts: Vec<DefaultDicomObject> =
+        dcm_files(&dir.path().join("CT")).iter().map(|p| open_file(p).expect("ct")).collect();
     assert_eq!(n.dims[2], cts.len());
     for obj in &cts {
         let ipp: Vec<f64> = str_of(obj, tags::IMAGE_POSITION_PATIENT)
@@ -603,20 +493,12 @@ fn nifti_affine_matches_the_ct_headers() {
             .split('\\')
             .map(|v| v.parse().expect("f"))
             .collect();
-        let rows: usize = obj
-            .element(tags::ROWS)
-            .expect("rows")
-            .to_int::<usize>()
-            .expect("int");
+        let rows: usize = obj.element(tags::ROWS).expect("rows").to_int::<usize>().expect("int");
         assert_eq!(rows, n.dims[1]);
         // Voxel (0, 0, k) of the NIfTI is the first pixel of the slice at this z (RAS = -L, -P, S).
         let k = ((ipp[2] - n.srow[2][3]) / n.srow[2][2]).round() as usize;
         let ras = [0, 1, 2].map(|r| n.srow[r][2] * k as f64 + n.srow[r][3]);
-        assert!(
-            (ras[0] + ipp[0]).abs() < 1e-3
-                && (ras[1] + ipp[1]).abs() < 1e-3
-                && (ras[2] - ipp[2]).abs() < 1e-3
-        );
+        assert!((ras[0] + ipp[0]).abs() < 1e-3 && (ras[1] + ipp[1]).abs() < 1e-3 && (ras[2] - ipp[2]).abs() < 1e-3);
     }
     // Labels of the tissue map are the documented ones.
     let t = truth(dir.path());
@@ -624,12 +506,7 @@ fn nifti_affine_matches_the_ct_headers() {
         .as_array()
         .expect("labels")
         .iter()
-        .map(|p| {
-            (
-                p[0].as_u64().expect("id"),
-                p[1].as_str().expect("name").to_string(),
-            )
-        })
+        .map(|p| (p[0].as_u64().expect("id"), p[1].as_str().expect("name").to_string()))
         .collect();
     assert_eq!(names.get(&9).map(String::as_str), Some("liver"));
     assert!(n.u8s().iter().all(|&v| names.contains_key(&(v as u64))));
@@ -643,39 +520,19 @@ fn one_study_shared_frame_of_reference_and_consistent_geometry() {
     let ct = open_file(&dcm_files(&dir.path().join("CT"))[0]).expect("ct");
     let pt = open_file(&dcm_files(&dir.path().join("PT"))[0]).expect("pt");
     for obj in [&ct, &pt] {
-        assert_eq!(
-            str_of(obj, tags::STUDY_INSTANCE_UID).as_deref(),
-            Some(s.study_instance_uid.as_str())
-        );
-        assert_eq!(
-            str_of(obj, tags::FRAME_OF_REFERENCE_UID).as_deref(),
-            Some(s.ct_frame_of_reference_uid.as_str())
-        );
-        assert_eq!(
-            str_of(obj, tags::IMAGE_ORIENTATION_PATIENT).as_deref(),
-            Some("1\\0\\0\\0\\1\\0")
-        );
+        assert_eq!(str_of(obj, tags::STUDY_INSTANCE_UID).as_deref(), Some(s.study_instance_uid.as_str()));
+        assert_eq!(str_of(obj, tags::FRAME_OF_REFERENCE_UID).as_deref(), Some(s.ct_frame_of_reference_uid.as_str()));
+        assert_eq!(str_of(obj, tags::IMAGE_ORIENTATION_PATIENT).as_deref(), Some("1\\0\\0\\0\\1\\0"));
     }
     assert_eq!(str_of(&pt, tags::UNITS).as_deref(), Some("BQML"));
-    assert_eq!(
-        str_of(&pt, tags::DECAY_CORRECTION).as_deref(),
-        Some("START")
-    );
-    let n: usize = pt
-        .element(tags::NUMBER_OF_SLICES)
-        .expect("n")
-        .to_int::<usize>()
-        .expect("int");
+    assert_eq!(str_of(&pt, tags::DECAY_CORRECTION).as_deref(), Some("START"));
+    let n: usize = pt.element(tags::NUMBER_OF_SLICES).expect("n").to_int::<usize>().expect("int");
     assert_eq!(n, s.pt_slices);
     // PET series starts about an hour after injection.
     let h = read_pet_header(&pt);
-    let uptake_min = (seconds(&h.series_date, &h.series_time)
-        - dt_seconds(h.start_datetime.as_deref().expect("dt")))
-        / 60.0;
-    assert!(
-        (50.0..=75.0).contains(&uptake_min),
-        "uptake {uptake_min} min"
-    );
+    let uptake_min =
+        (seconds(&h.series_date, &h.series_time) - dt_seconds(h.start_datetime.as_deref().expect("dt"))) / 60.0;
+    assert!((50.0..=75.0).contains(&uptake_min), "uptake {uptake_min} min");
 }
 
 #[test]
@@ -688,10 +545,7 @@ fn misalignment_moves_pet_and_gets_its_own_frame_of_reference() {
     assert_ne!(s.pt_frame_of_reference_uid, s.ct_frame_of_reference_uid);
     assert_ne!(s.study_instance_uid, aligned.study_instance_uid);
     let t = truth(dir.path());
-    assert_eq!(
-        t["misalignment"]["parameters"]["tx_mm"].as_f64(),
-        Some(20.0)
-    );
+    assert_eq!(t["misalignment"]["parameters"]["tx_mm"].as_f64(), Some(20.0));
     assert!(t["misalignment"]["matrix_ct_to_pet"].is_array());
     // The activity centroid moves by the translation (rotation is about the CT centre).
     let centroid = |opts: &PhantomOptions| {
@@ -716,11 +570,7 @@ fn misalignment_moves_pet_and_gets_its_own_frame_of_reference() {
     let b = centroid(&o);
     assert!((b[0] - a[0] - 20.0).abs() < 4.0, "x shift {}", b[0] - a[0]);
     // Along z part of the anatomy leaves the axial field of view: only the direction is firm.
-    assert!(
-        b[2] - a[2] < -4.0 && b[2] - a[2] > -16.0,
-        "z shift {}",
-        b[2] - a[2]
-    );
+    assert!(b[2] - a[2] < -4.0 && b[2] - a[2] > -16.0, "z shift {}", b[2] - a[2]);
 }
 
 #[test]
@@ -732,18 +582,8 @@ fn normal_study_has_no_lesions_and_empty_masks() {
     let t = truth(dir.path());
     assert_eq!(t["lesions"].as_array().map(Vec::len), Some(0));
     assert_eq!(t["normal"].as_bool(), Some(true));
-    for f in [
-        "lesions.nii.gz",
-        "reader_high_sensitivity.nii.gz",
-        "reader_high_specificity.nii.gz",
-    ] {
-        assert!(
-            read_nifti(&dir.path().join("truth").join(f))
-                .u8s()
-                .iter()
-                .all(|&v| v == 0),
-            "{f}"
-        );
+    for f in ["lesions.nii.gz", "reader_high_sensitivity.nii.gz", "reader_high_specificity.nii.gz"] {
+        assert!(read_nifti(&dir.path().join("truth").join(f)).u8s().iter().all(|&v| v == 0), "{f}");
     }
 }
 
@@ -754,10 +594,7 @@ fn tree(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     for sub in ["CT", "PT", "truth"] {
         for e in std::fs::read_dir(dir.join(sub)).expect("dir") {
             let p = e.expect("entry").path();
-            out.insert(
-                p.strip_prefix(dir).expect("prefix").to_path_buf(),
-                std::fs::read(&p).expect("read"),
-            );
+            out.insert(p.strip_prefix(dir).expect("prefix").to_path_buf(), std::fs::read(&p).expect("read"));
         }
     }
     out
@@ -776,14 +613,8 @@ fn same_arguments_give_the_same_bytes() {
     }
     let (c, sc) = generate(&options(92, Vendor::Ge));
     let tc = tree(c.path());
-    assert_ne!(
-        ta.get(Path::new("CT/CT0010.dcm")),
-        tc.get(Path::new("CT/CT0010.dcm"))
-    );
-    assert_ne!(
-        truth(a.path())["study_instance_uid"],
-        serde_json::json!(sc.study_instance_uid)
-    );
+    assert_ne!(ta.get(Path::new("CT/CT0010.dcm")), tc.get(Path::new("CT/CT0010.dcm")));
+    assert_ne!(truth(a.path())["study_instance_uid"], serde_json::json!(sc.study_instance_uid));
 }
 
 #[test]
@@ -801,26 +632,11 @@ fn wholebody_geometry_with_few_slices() {
     let (dir, s) = generate(&o);
     assert_eq!(s.ct_slices, 12);
     let ct = open_file(&dcm_files(&dir.path().join("CT"))[0]).expect("ct");
-    assert_eq!(
-        ct.element(tags::ROWS)
-            .expect("rows")
-            .to_int::<u16>()
-            .expect("int"),
-        512
-    );
-    assert_eq!(
-        str_of(&ct, tags::PIXEL_SPACING).as_deref(),
-        Some("0.9765625\\0.9765625")
-    );
+    assert_eq!(ct.element(tags::ROWS).expect("rows").to_int::<u16>().expect("int"), 512);
+    assert_eq!(str_of(&ct, tags::PIXEL_SPACING).as_deref(), Some("0.9765625\\0.9765625"));
     assert_eq!(str_of(&ct, tags::SLICE_THICKNESS).as_deref(), Some("3"));
     let pt = open_file(&dcm_files(&dir.path().join("PT"))[0]).expect("pt");
-    assert_eq!(
-        pt.element(tags::ROWS)
-            .expect("rows")
-            .to_int::<u16>()
-            .expect("int"),
-        200
-    );
+    assert_eq!(pt.element(tags::ROWS).expect("rows").to_int::<u16>().expect("int"), 200);
     if !have_dciodvfy() {
         eprintln!("SKIPPED (dciodvfy part): dciodvfy is not installed");
         return;

@@ -193,11 +193,7 @@ pub struct Patient {
 impl Patient {
     pub fn from_seed(seed: u64) -> Patient {
         let mut s = Stream::new(seed, "patient");
-        let sex = if s.bernoulli(0.5) {
-            Sex::Male
-        } else {
-            Sex::Female
-        };
+        let sex = if s.bernoulli(0.5) { Sex::Male } else { Sex::Female };
         let (h_mean, lean_mean) = match sex {
             Sex::Male => (1.00, 1.02),
             Sex::Female => (0.95, 0.94),
@@ -230,11 +226,7 @@ impl Patient {
 
     /// Reference-space point `[x, y, h]` to patient coordinates (LPS mm).
     pub fn to_patient(&self, r: [f64; 3]) -> [f64; 3] {
-        [
-            r[0] * self.lean_scale,
-            r[1] * self.lean_scale,
-            -r[2] * self.height_scale,
-        ]
+        [r[0] * self.lean_scale, r[1] * self.lean_scale, -r[2] * self.height_scale]
     }
 }
 
@@ -268,10 +260,7 @@ impl Ellipsoid {
         Ellipsoid { c, r }
     }
     pub fn grow(&self, d: f64) -> Self {
-        Ellipsoid {
-            c: self.c,
-            r: self.r.map(|v| (v + d).max(0.5)),
-        }
+        Ellipsoid { c: self.c, r: self.r.map(|v| (v + d).max(0.5)) }
     }
     fn slice(&self, h: f64) -> Option<(f64, f64, f64, f64)> {
         let t = 1.0 - ((h - self.c[2]) / self.r[2]).powi(2);
@@ -294,10 +283,7 @@ impl Solid for Ellipsoid {
         ellipse_span(self.slice(h), y)
     }
     fn contains(&self, p: [f64; 3]) -> bool {
-        (0..3)
-            .map(|a| ((p[a] - self.c[a]) / self.r[a]).powi(2))
-            .sum::<f64>()
-            <= 1.0
+        (0..3).map(|a| ((p[a] - self.c[a]) / self.r[a]).powi(2)).sum::<f64>() <= 1.0
     }
 }
 
@@ -327,11 +313,7 @@ struct RotEllipsoid {
 impl RotEllipsoid {
     fn new(c: [f64; 3], r: [f64; 3], rot: [[f64; 3]; 3]) -> Self {
         let m = [0, 1, 2].map(|i| rot[i].map(|v| v / r[i]));
-        RotEllipsoid {
-            c,
-            m,
-            bound: r.iter().cloned().fold(0.0, f64::max),
-        }
+        RotEllipsoid { c, m, bound: r.iter().cloned().fold(0.0, f64::max) }
     }
 }
 
@@ -345,11 +327,7 @@ impl Solid for RotEllipsoid {
     }
     fn contains(&self, p: [f64; 3]) -> bool {
         let d = [p[0] - self.c[0], p[1] - self.c[1], p[2] - self.c[2]];
-        self.m
-            .iter()
-            .map(|row| (row[0] * d[0] + row[1] * d[1] + row[2] * d[2]).powi(2))
-            .sum::<f64>()
-            <= 1.0
+        self.m.iter().map(|row| (row[0] * d[0] + row[1] * d[1] + row[2] * d[2]).powi(2)).sum::<f64>() <= 1.0
     }
 }
 
@@ -380,10 +358,7 @@ struct Capsule {
 
 impl Solid for Capsule {
     fn h_range(&self) -> (f64, f64) {
-        (
-            self.a[2].min(self.b[2]) - self.r,
-            self.a[2].max(self.b[2]) + self.r,
-        )
+        (self.a[2].min(self.b[2]) - self.r, self.a[2].max(self.b[2]) + self.r)
     }
     fn bbox(&self, _h: f64) -> Option<[f64; 4]> {
         Some([
@@ -397,11 +372,7 @@ impl Solid for Capsule {
         let ab = [0, 1, 2].map(|i| self.b[i] - self.a[i]);
         let ap = [0, 1, 2].map(|i| p[i] - self.a[i]);
         let len2: f64 = ab.iter().map(|v| v * v).sum();
-        let t = if len2 > 0.0 {
-            ((0..3).map(|i| ab[i] * ap[i]).sum::<f64>() / len2).clamp(0.0, 1.0)
-        } else {
-            0.0
-        };
+        let t = if len2 > 0.0 { ((0..3).map(|i| ab[i] * ap[i]).sum::<f64>() / len2).clamp(0.0, 1.0) } else { 0.0 };
         (0..3).map(|i| (ap[i] - t * ab[i]).powi(2)).sum::<f64>() <= self.r * self.r
     }
 }
@@ -426,9 +397,7 @@ impl<F: Fn(f64) -> Option<(f64, f64, f64, f64)> + Send + Sync> Solid for Section
     }
     fn contains(&self, p: [f64; 3]) -> bool {
         match (self.f)(p[2]) {
-            Some((cx, cy, a, b)) if a > 0.0 && b > 0.0 => {
-                ((p[0] - cx) / a).powi(2) + ((p[1] - cy) / b).powi(2) <= 1.0
-            }
+            Some((cx, cy, a, b)) if a > 0.0 && b > 0.0 => ((p[0] - cx) / a).powi(2) + ((p[1] - cy) / b).powi(2) <= 1.0,
             _ => false,
         }
     }
@@ -510,9 +479,7 @@ const SPINE_Y: [(f64, [f64; 1]); 9] = [
 ];
 
 pub fn trunk_frame(h: f64) -> Option<[f64; 3]> {
-    (TRUNK_H.0..=TRUNK_H.1)
-        .contains(&h)
-        .then(|| interp(&TRUNK, h))
+    (TRUNK_H.0..=TRUNK_H.1).contains(&h).then(|| interp(&TRUNK, h))
 }
 
 pub fn spine_y(h: f64) -> f64 {
@@ -551,10 +518,7 @@ const ANY: u32 = u32::MAX;
 
 impl Model {
     pub fn new(patient: &Patient) -> Model {
-        let mut b = Builder {
-            prims: Vec::new(),
-            seed: patient.seed,
-        };
+        let mut b = Builder { prims: Vec::new(), seed: patient.seed };
         let mut lm = Landmarks::default();
         let p = patient.clone();
         let fat = p.fat_mm / p.lean_scale;
@@ -562,16 +526,10 @@ impl Model {
         // --- Body envelope: all skin, then all fat, then all muscle, then cavities, so the
         // union of head, neck, trunk and legs has one continuous skin.
         let head = b.jitter_ellipsoid("head", [0.0, 0.0, 90.0], [79.0, 97.0, 80.0], 0.03, 2.0);
-        let face = Ellipsoid::new(
-            [0.0, head.c[1] - 28.0, head.c[2] + 85.0],
-            [54.0, 60.0, 52.0],
-        );
+        let face = Ellipsoid::new([0.0, head.c[1] - 28.0, head.c[2] + 85.0], [54.0, 60.0, 52.0]);
         let leg_x = 0.55 * interp(&TRUNK, 860.0)[0];
-        let layers: [(Tissue, f64, f64); 3] = [
-            (Tissue::Skin, 2.0, 0.0),
-            (Tissue::Fat, 0.0, 0.0),
-            (Tissue::Muscle, -1.0, 0.0),
-        ];
+        let layers: [(Tissue, f64, f64); 3] =
+            [(Tissue::Skin, 2.0, 0.0), (Tissue::Fat, 0.0, 0.0), (Tissue::Muscle, -1.0, 0.0)];
         for (li, (label, _, _)) in layers.iter().enumerate() {
             // Outward offset of this layer's outer boundary from the muscle boundary.
             let (trunk_off, neck_off, leg_off, head_off) = match li {
@@ -582,11 +540,7 @@ impl Model {
             b.push(head.grow(head_off - 2.0), *label, ANY);
             b.push(face.grow(head_off - 2.0), *label, ANY);
             b.push(
-                Section {
-                    h0: 170.0,
-                    h1: 275.0,
-                    f: move |_h| Some((0.0, 12.0, 52.0 + neck_off, 55.0 + neck_off)),
-                },
+                Section { h0: 170.0, h1: 275.0, f: move |_h| Some((0.0, 12.0, 52.0 + neck_off, 55.0 + neck_off)) },
                 *label,
                 ANY,
             );
@@ -626,25 +580,14 @@ impl Model {
                     _ => 0.0,
                 };
                 for (a, c, r) in arm_segments(s) {
-                    b.push(
-                        Capsule {
-                            a,
-                            b: c,
-                            r: r + arm_off,
-                        },
-                        *label,
-                        ANY,
-                    );
+                    b.push(Capsule { a, b: c, r: r + arm_off }, *label, ANY);
                 }
             }
         }
         // Cavities: thorax (mediastinal fat, lungs painted later), abdomen and pelvis (bowel
         // mixed with visceral fat by a smooth pattern applied per slice).
         let diaphragm_h = 540.0;
-        for (label, h0, h1) in [
-            (Tissue::VisceralFat, 262.0, diaphragm_h),
-            (Tissue::Bowel, diaphragm_h, 900.0),
-        ] {
+        for (label, h0, h1) in [(Tissue::VisceralFat, 262.0, diaphragm_h), (Tissue::Bowel, diaphragm_h, 900.0)] {
             b.push(
                 Section {
                     h0,
@@ -674,26 +617,15 @@ impl Model {
         let cavity = Tissue::VisceralFat.bit() | Tissue::Bowel.bit();
 
         // --- Abdominal organs (before the lungs, so the lung bases carve the diaphragm domes).
-        let liver_r =
-            b.jitter_ellipsoid("liver", [-62.0, 0.0, 565.0], [84.0, 90.0, 82.0], 0.08, 6.0);
+        let liver_r = b.jitter_ellipsoid("liver", [-62.0, 0.0, 565.0], [84.0, 90.0, 82.0], 0.08, 6.0);
         let liver_l = Ellipsoid::new(
-            [
-                liver_r.c[0] + 80.0,
-                liver_r.c[1] - 35.0,
-                liver_r.c[2] - 18.0,
-            ],
+            [liver_r.c[0] + 80.0, liver_r.c[1] - 35.0, liver_r.c[2] - 18.0],
             [55.0 * liver_r.r[0] / 84.0, 45.0, 45.0 * liver_r.r[2] / 82.0],
         );
         b.push(liver_r, Tissue::Liver, cavity);
         b.push(liver_l, Tissue::Liver, cavity);
         lm.liver = vec![liver_r, liver_l];
-        let stomach = b.jitter_ellipsoid(
-            "stomach",
-            [50.0, -25.0, 560.0],
-            [45.0, 40.0, 50.0],
-            0.1,
-            6.0,
-        );
+        let stomach = b.jitter_ellipsoid("stomach", [50.0, -25.0, 560.0], [45.0, 40.0, 50.0], 0.1, 6.0);
         b.push(stomach, Tissue::Stomach, cavity);
         // Gas cap: the anterior (non-dependent) part of the lumen, as in a supine patient.
         let lumen = stomach.grow(-5.0);
@@ -712,21 +644,13 @@ impl Model {
             Tissue::Gas,
             Tissue::Stomach.bit(),
         );
-        let spleen =
-            b.jitter_ellipsoid("spleen", [92.0, 40.0, 575.0], [32.0, 50.0, 55.0], 0.12, 6.0);
-        b.push(
-            spleen,
-            Tissue::Spleen,
-            cavity | Tissue::Stomach.bit() | Tissue::Muscle.bit(),
-        );
+        let spleen = b.jitter_ellipsoid("spleen", [92.0, 40.0, 575.0], [32.0, 50.0, 55.0], 0.12, 6.0);
+        b.push(spleen, Tissue::Spleen, cavity | Tissue::Stomach.bit() | Tissue::Muscle.bit());
         lm.spleen = spleen;
         for (side, name, h) in [(-1.0, "kidney_r", 665.0), (1.0, "kidney_l", 648.0)] {
             let k = b.jitter_ellipsoid(name, [side * 70.0, 45.0, h], [30.0, 26.0, 55.0], 0.08, 6.0);
             b.push(k, Tissue::Kidney, ANY);
-            let pelvis = Ellipsoid::new(
-                [k.c[0] - side * 10.0, k.c[1] - 4.0, k.c[2]],
-                [11.0, 9.0, 22.0],
-            );
+            let pelvis = Ellipsoid::new([k.c[0] - side * 10.0, k.c[1] - 4.0, k.c[2]], [11.0, 9.0, 22.0]);
             b.push(pelvis, Tissue::RenalPelvis, Tissue::Kidney.bit());
             lm.kidneys.push(k);
         }
@@ -760,11 +684,7 @@ impl Model {
                     }
                     let at = |t: f64| [0, 1, 2].map(|a| w[0][a] + t * (w[1][a] - w[0][a]));
                     b.push(
-                        Capsule {
-                            a: at(part as f64 / 3.0),
-                            b: at((part + 1) as f64 / 3.0),
-                            r: 2.2,
-                        },
+                        Capsule { a: at(part as f64 / 3.0), b: at((part + 1) as f64 / 3.0), r: 2.2 },
                         Tissue::RenalPelvis,
                         cavity | Tissue::Muscle.bit() | Tissue::Kidney.bit(),
                     );
@@ -773,15 +693,8 @@ impl Model {
         }
 
         // --- Thorax: lungs, heart, great vessels, airways.
-        let lung_r = b.jitter_ellipsoid(
-            "lung_r",
-            [-78.0, 8.0, 415.0],
-            [62.0, 88.0, 132.0],
-            0.06,
-            5.0,
-        );
-        let lung_l =
-            b.jitter_ellipsoid("lung_l", [80.0, 8.0, 422.0], [58.0, 88.0, 128.0], 0.06, 5.0);
+        let lung_r = b.jitter_ellipsoid("lung_r", [-78.0, 8.0, 415.0], [62.0, 88.0, 132.0], 0.06, 5.0);
+        let lung_l = b.jitter_ellipsoid("lung_l", [80.0, 8.0, 422.0], [58.0, 88.0, 128.0], 0.06, 5.0);
         let lung_may = cavity | Tissue::Liver.bit() | Tissue::Spleen.bit() | Tissue::Stomach.bit();
         b.push(lung_r, Tissue::Lung, lung_may);
         b.push(lung_l, Tissue::Lung, lung_may);
@@ -802,15 +715,7 @@ impl Model {
             .collect();
             while let Some((start, dir, r, len, generation)) = stack.pop() {
                 let end = [0, 1, 2].map(|a| start[a] + dir[a] * len);
-                b.push(
-                    Capsule {
-                        a: start,
-                        b: end,
-                        r,
-                    },
-                    Tissue::Blood,
-                    Tissue::Lung.bit(),
-                );
+                b.push(Capsule { a: start, b: end, r }, Tissue::Blood, Tissue::Lung.bit());
                 if generation < 4 {
                     for _ in 0..2 {
                         let jitter = vs.unit_vector();
@@ -824,15 +729,7 @@ impl Model {
         let spine = |h: f64| spine_y(h);
         let vessel = |bld: &mut Builder, pts: &[[f64; 3]], r: f64, label: Tissue| {
             for w in pts.windows(2) {
-                bld.push(
-                    Capsule {
-                        a: w[0],
-                        b: w[1],
-                        r,
-                    },
-                    label,
-                    ANY & !Tissue::CorticalBone.bit(),
-                );
+                bld.push(Capsule { a: w[0], b: w[1], r }, label, ANY & !Tissue::CorticalBone.bit());
             }
         };
         // Descending aorta runs left-anterior of the spine, then the iliac arteries.
@@ -846,118 +743,43 @@ impl Model {
         vessel(&mut b, &aorta_desc, 12.0, Tissue::Blood);
         vessel(
             &mut b,
-            &[
-                [5.0, -38.0, 440.0],
-                [8.0, -28.0, 372.0],
-                [15.0, 0.0, 352.0],
-                [24.0, 40.0, 362.0],
-            ],
+            &[[5.0, -38.0, 440.0], [8.0, -28.0, 372.0], [15.0, 0.0, 352.0], [24.0, 40.0, 362.0]],
             14.0,
             Tissue::Blood,
         );
         for s in [-1.0, 1.0] {
             vessel(
                 &mut b,
-                &[
-                    [6.0, spine(740.0) - 30.0, 742.0],
-                    [s * 45.0, 8.0, 800.0],
-                    [s * 82.0, -8.0, 880.0],
-                ],
+                &[[6.0, spine(740.0) - 30.0, 742.0], [s * 45.0, 8.0, 800.0], [s * 82.0, -8.0, 880.0]],
                 7.0,
                 Tissue::Blood,
             );
             // Common carotid arteries and jugular veins.
-            vessel(
-                &mut b,
-                &[[s * 22.0, 8.0, 190.0], [s * 26.0, 0.0, 300.0]],
-                4.5,
-                Tissue::Blood,
-            );
-            vessel(
-                &mut b,
-                &[[s * 36.0, 12.0, 190.0], [s * 30.0, 0.0, 310.0]],
-                6.0,
-                Tissue::Blood,
-            );
+            vessel(&mut b, &[[s * 22.0, 8.0, 190.0], [s * 26.0, 0.0, 300.0]], 4.5, Tissue::Blood);
+            vessel(&mut b, &[[s * 36.0, 12.0, 190.0], [s * 30.0, 0.0, 310.0]], 6.0, Tissue::Blood);
         }
-        vessel(
-            &mut b,
-            &[
-                [-22.0, 18.0, 760.0],
-                [-22.0, 15.0, 600.0],
-                [-25.0, 0.0, 505.0],
-            ],
-            11.0,
-            Tissue::Blood,
-        );
-        vessel(
-            &mut b,
-            &[[-25.0, -22.0, 318.0], [-25.0, -25.0, 425.0]],
-            9.0,
-            Tissue::Blood,
-        );
-        vessel(
-            &mut b,
-            &[[10.0, -48.0, 432.0], [2.0, -22.0, 412.0]],
-            12.0,
-            Tissue::Blood,
-        );
+        vessel(&mut b, &[[-22.0, 18.0, 760.0], [-22.0, 15.0, 600.0], [-25.0, 0.0, 505.0]], 11.0, Tissue::Blood);
+        vessel(&mut b, &[[-25.0, -22.0, 318.0], [-25.0, -25.0, 425.0]], 9.0, Tissue::Blood);
+        vessel(&mut b, &[[10.0, -48.0, 432.0], [2.0, -22.0, 412.0]], 12.0, Tissue::Blood);
         for s in [-1.0, 1.0] {
-            vessel(
-                &mut b,
-                &[[2.0, -22.0, 412.0], [s * 42.0, -5.0, 425.0]],
-                9.0,
-                Tissue::Blood,
-            );
+            vessel(&mut b, &[[2.0, -22.0, 412.0], [s * 42.0, -5.0, 425.0]], 9.0, Tissue::Blood);
         }
         // Heart: chambers (blood) in a tilted ellipsoid, the left ventricle wall as myocardium.
         let hj = b.jitter("heart", 0.07, 6.0);
         let heart_c = [22.0 + hj.1[0], -28.0 + hj.1[1], 458.0 + hj.1[2]];
         let rot = rotation(-35.0, 25.0);
-        b.push(
-            RotEllipsoid::new(heart_c, [62.0 * hj.0, 50.0 * hj.0, 58.0 * hj.0], rot),
-            Tissue::Blood,
-            ANY,
-        );
+        b.push(RotEllipsoid::new(heart_c, [62.0 * hj.0, 50.0 * hj.0, 58.0 * hj.0], rot), Tissue::Blood, ANY);
         let lv_c = [heart_c[0] + 18.0, heart_c[1] + 2.0, heart_c[2] + 12.0];
         let lv_r = [44.0 * hj.0, 34.0 * hj.0, 36.0 * hj.0];
         b.push(RotEllipsoid::new(lv_c, lv_r, rot), Tissue::Myocardium, ANY);
-        b.push(
-            RotEllipsoid::new(lv_c, lv_r.map(|v| v - 11.0), rot),
-            Tissue::Blood,
-            ANY,
-        );
+        b.push(RotEllipsoid::new(lv_c, lv_r.map(|v| v - 11.0), rot), Tissue::Blood, ANY);
         lm.heart_lv = Ellipsoid::new(lv_c, lv_r);
         // Oesophagus (soft tissue) and airways.
-        b.push(
-            Capsule {
-                a: [4.0, 14.0, 200.0],
-                b: [12.0, 46.0, 545.0],
-                r: 8.0,
-            },
-            Tissue::Muscle,
-            ANY,
-        );
+        b.push(Capsule { a: [4.0, 14.0, 200.0], b: [12.0, 46.0, 545.0], r: 8.0 }, Tissue::Muscle, ANY);
         let carina = [0.0, -2.0, 432.0];
-        b.push(
-            Capsule {
-                a: [0.0, -22.0, 195.0],
-                b: carina,
-                r: 9.0,
-            },
-            Tissue::Airway,
-            ANY,
-        );
+        b.push(Capsule { a: [0.0, -22.0, 195.0], b: carina, r: 9.0 }, Tissue::Airway, ANY);
         for s in [-1.0, 1.0] {
-            b.push(
-                Capsule {
-                    a: carina,
-                    b: [s * 46.0, 8.0, 470.0],
-                    r: 6.0,
-                },
-                Tissue::Airway,
-                ANY,
-            );
+            b.push(Capsule { a: carina, b: [s * 46.0, 8.0, 470.0], r: 6.0 }, Tissue::Airway, ANY);
         }
 
         // --- Head: skull (outer table, diploe, inner table), brain, eyes, glands, mandible.
@@ -973,84 +795,47 @@ impl Model {
         b.push(brain.grow(-6.0), Tissue::BrainWhite, ANY);
         for s in [-1.0, 1.0] {
             b.push(
-                Ellipsoid::new(
-                    [brain.c[0] + s * 11.0, brain.c[1] - 6.0, brain.c[2] - 4.0],
-                    [7.0, 22.0, 14.0],
-                ),
+                Ellipsoid::new([brain.c[0] + s * 11.0, brain.c[1] - 6.0, brain.c[2] - 4.0], [7.0, 22.0, 14.0]),
                 Tissue::Csf,
                 ANY,
             );
             b.push(
-                Ellipsoid::new(
-                    [brain.c[0] + s * 23.0, brain.c[1] - 4.0, brain.c[2] + 6.0],
-                    [9.0, 15.0, 11.0],
-                ),
+                Ellipsoid::new([brain.c[0] + s * 23.0, brain.c[1] - 4.0, brain.c[2] + 6.0], [9.0, 15.0, 11.0]),
                 Tissue::BrainGray,
                 ANY,
             );
             b.push(
-                Ellipsoid::new(
-                    [s * 31.0, head.c[1] - 70.0, head.c[2] + 12.0],
-                    [12.0, 12.0, 12.0],
-                ),
+                Ellipsoid::new([s * 31.0, head.c[1] - 70.0, head.c[2] + 12.0], [12.0, 12.0, 12.0]),
                 Tissue::Csf,
                 ANY,
             );
             b.push(
-                Ellipsoid::new(
-                    [s * 47.0, head.c[1] + 8.0, head.c[2] + 82.0],
-                    [11.0, 17.0, 22.0],
-                ),
+                Ellipsoid::new([s * 47.0, head.c[1] + 8.0, head.c[2] + 82.0], [11.0, 17.0, 22.0]),
                 Tissue::Gland,
                 ANY & !Tissue::CorticalBone.bit(),
             );
+            b.push(Ellipsoid::new([s * 13.0, head.c[1] - 8.0, head.c[2] + 88.0], [7.0, 7.0, 9.0]), Tissue::Gland, ANY);
             b.push(
-                Ellipsoid::new(
-                    [s * 13.0, head.c[1] - 8.0, head.c[2] + 88.0],
-                    [7.0, 7.0, 9.0],
-                ),
-                Tissue::Gland,
-                ANY,
-            );
-            b.push(
-                Ellipsoid::new(
-                    [s * 30.0, head.c[1] - 30.0, head.c[2] + 112.0],
-                    [9.0, 9.0, 9.0],
-                ),
+                Ellipsoid::new([s * 30.0, head.c[1] - 30.0, head.c[2] + 112.0], [9.0, 9.0, 9.0]),
                 Tissue::Gland,
                 ANY,
             );
         }
+        b.push(Ellipsoid::new([0.0, brain.c[1] + 38.0, brain.c[2] + 44.0], [44.0, 26.0, 21.0]), Tissue::BrainGray, ANY);
         b.push(
-            Ellipsoid::new(
-                [0.0, brain.c[1] + 38.0, brain.c[2] + 44.0],
-                [44.0, 26.0, 21.0],
-            ),
-            Tissue::BrainGray,
-            ANY,
-        );
-        b.push(
-            Capsule {
-                a: [0.0, brain.c[1] + 14.0, brain.c[2] + 20.0],
-                b: [0.0, 22.0, 185.0],
-                r: 11.0,
-            },
+            Capsule { a: [0.0, brain.c[1] + 14.0, brain.c[2] + 20.0], b: [0.0, 22.0, 185.0], r: 11.0 },
             Tissue::BrainWhite,
             ANY,
         );
         let jaw_c = [0.0, head.c[1] - 22.0, head.c[2] + 96.0];
-        for (label, inner, outer, hh) in [
-            (Tissue::CorticalBone, 0.0, 8.0, 14.0),
-            (Tissue::RedMarrow, 2.0, 6.0, 10.0),
-        ] {
+        for (label, inner, outer, hh) in [(Tissue::CorticalBone, 0.0, 8.0, 14.0), (Tissue::RedMarrow, 2.0, 6.0, 10.0)] {
             b.push(
                 Custom {
                     bbox: [-60.0, 60.0, jaw_c[1] - 60.0, jaw_c[1] + 30.0],
                     h0: jaw_c[2] - hh,
                     h1: jaw_c[2] + hh,
                     f: move |q| {
-                        let d =
-                            (((q[0]) / 46.0).powi(2) + ((q[1] - jaw_c[1]) / 52.0).powi(2)).sqrt();
+                        let d = (((q[0]) / 46.0).powi(2) + ((q[1] - jaw_c[1]) / 52.0).powi(2)).sqrt();
                         let dist = (1.0 - d) * 48.0;
                         q[1] < jaw_c[1] + 18.0 && dist >= inner && dist <= outer
                     },
@@ -1086,20 +871,12 @@ impl Model {
             let c = [0.0, yc, hc];
             let vb = Ellipsoid::new(c, [rx, ry, body / 2.0]);
             b.push(cyl(vb), Tissue::CorticalBone, ANY);
-            b.push(
-                cyl(Ellipsoid::new(c, [rx - 2.0, ry - 2.0, body / 2.0 - 1.5])),
-                Tissue::RedMarrow,
-                ANY,
-            );
+            b.push(cyl(Ellipsoid::new(c, [rx - 2.0, ry - 2.0, body / 2.0 - 1.5])), Tissue::RedMarrow, ANY);
             let disc_h = levels.get(i + 1).map(|l| l.1).unwrap_or(top + body);
             if disc_h > top + body + 0.5 {
                 b.push(
                     cyl(Ellipsoid::new(
-                        [
-                            0.0,
-                            spine((top + body + disc_h) / 2.0),
-                            (top + body + disc_h) / 2.0,
-                        ],
+                        [0.0, spine((top + body + disc_h) / 2.0), (top + body + disc_h) / 2.0],
                         [rx, ry, (disc_h - top - body) / 2.0],
                     )),
                     Tissue::Cartilage,
@@ -1123,9 +900,7 @@ impl Model {
                         let r2 = dx * dx + dy * dy;
                         let ring = r2 <= (canal_r + 6.0).powi(2) && dy > -canal_r;
                         let spinous = (dx / 4.5).powi(2) + ((dy - 20.0) / 12.0).powi(2) <= 1.0;
-                        let transverse = ((dx.abs() - rx - 8.0) / 13.0).powi(2)
-                            + ((dy + 3.0) / 5.0).powi(2)
-                            <= 1.0
+                        let transverse = ((dx.abs() - rx - 8.0) / 13.0).powi(2) + ((dy + 3.0) / 5.0).powi(2) <= 1.0
                             && (q[2] - (arch_h.0 + arch_h.1) / 2.0).abs() < body * 0.3;
                         ring || spinous || transverse
                     },
@@ -1182,12 +957,7 @@ impl Model {
                     h1: sac0 + 95.0,
                     f: move |h| {
                         let t = ((h - sac0) / 95.0).clamp(0.0, 1.0);
-                        Some((
-                            0.0,
-                            spine(h) + 8.0 * t,
-                            48.0 * (1.0 - 0.7 * t) - shrink,
-                            17.0 - 6.0 * t - shrink,
-                        ))
+                        Some((0.0, spine(h) + 8.0 * t, 48.0 * (1.0 - 0.7 * t) - shrink, 17.0 - 6.0 * t - shrink))
                     },
                 },
                 label,
@@ -1236,43 +1006,25 @@ impl Model {
             let bbox = [-200.0, 200.0, -160.0, 160.0];
             let (h0, h1) = (hk - 8.0, hk + drop + 8.0);
             b.push(
-                Custom {
-                    bbox,
-                    h0,
-                    h1,
-                    f: move |q| rib(q, (0.0, 8.0), 5.5, (0.28, theta_bone)),
-                },
+                Custom { bbox, h0, h1, f: move |q| rib(q, (0.0, 8.0), 5.5, (0.28, theta_bone)) },
                 Tissue::CorticalBone,
                 ANY,
             );
             b.push(
-                Custom {
-                    bbox,
-                    h0,
-                    h1,
-                    f: move |q| rib(q, (1.8, 6.2), 3.6, (0.30, theta_bone - 0.02)),
-                },
+                Custom { bbox, h0, h1, f: move |q| rib(q, (1.8, 6.2), 3.6, (0.30, theta_bone - 0.02)) },
                 Tissue::RedMarrow,
                 Tissue::CorticalBone.bit(),
             );
             if theta_cart > theta_bone {
                 b.push(
-                    Custom {
-                        bbox,
-                        h0,
-                        h1,
-                        f: move |q| rib(q, (0.0, 7.0), 5.0, (theta_bone, theta_cart)),
-                    },
+                    Custom { bbox, h0, h1, f: move |q| rib(q, (0.0, 7.0), 5.0, (theta_bone, theta_cart)) },
                     Tissue::Cartilage,
                     ANY,
                 );
             }
         }
         // Sternum.
-        for (label, sx, sy) in [
-            (Tissue::CorticalBone, 17.0, 7.0),
-            (Tissue::RedMarrow, 14.0, 4.0),
-        ] {
+        for (label, sx, sy) in [(Tissue::CorticalBone, 17.0, 7.0), (Tissue::RedMarrow, 14.0, 4.0)] {
             b.push(
                 Section {
                     h0: rib_levels[0] + 25.0,
@@ -1289,10 +1041,7 @@ impl Model {
             let c = [s * 150.0, -5.0, 288.0];
             b.push(Capsule { a, b: c, r: 8.0 }, Tissue::CorticalBone, ANY);
             b.push(Capsule { a, b: c, r: 5.0 }, Tissue::RedMarrow, ANY);
-            for (label, inner, outer) in [
-                (Tissue::CorticalBone, 0.0, 7.0),
-                (Tissue::RedMarrow, 2.0, 5.0),
-            ] {
+            for (label, inner, outer) in [(Tissue::CorticalBone, 0.0, 7.0), (Tissue::RedMarrow, 2.0, 5.0)] {
                 b.push(
                     Custom {
                         bbox: [-160.0, 160.0, 20.0, 140.0],
@@ -1313,9 +1062,7 @@ impl Model {
                             let theta = dx.abs().atan2(dy);
                             // Triangular blade: narrower towards its inferior angle.
                             let t = (q[2] - 300.0) / 140.0;
-                            (0.35..0.35 + 0.55 * (1.0 - t)).contains(&theta)
-                                && depth >= inner
-                                && depth <= outer
+                            (0.35..0.35 + 0.55 * (1.0 - t)).contains(&theta) && depth >= inner && depth <= outer
                         },
                     },
                     label,
@@ -1327,10 +1074,7 @@ impl Model {
         for s in [-1.0, 1.0] {
             let wing_c = [s * 52.0, 28.0, 805.0];
             let wing_r = [82.0, 62.0, 70.0];
-            for (label, inner, outer) in [
-                (Tissue::CorticalBone, 0.0, 10.0),
-                (Tissue::RedMarrow, 2.0, 8.0),
-            ] {
+            for (label, inner, outer) in [(Tissue::CorticalBone, 0.0, 10.0), (Tissue::RedMarrow, 2.0, 8.0)] {
                 b.push(
                     Custom {
                         bbox: [s * 52.0 - 90.0, s * 52.0 + 90.0, -50.0, 95.0],
@@ -1355,25 +1099,16 @@ impl Model {
             lm.iliac_points.push([s * 118.0, 30.0, 790.0]);
             let head_c = [s * 88.0, 2.0, 885.0];
             // Acetabular roof: a spherical shell above the femoral head.
-            for (label, inner, outer) in [
-                (Tissue::CorticalBone, 26.0, 36.0),
-                (Tissue::RedMarrow, 28.0, 34.0),
-            ] {
+            for (label, inner, outer) in [(Tissue::CorticalBone, 26.0, 36.0), (Tissue::RedMarrow, 28.0, 34.0)] {
                 b.push(
                     Custom {
-                        bbox: [
-                            head_c[0] - 40.0,
-                            head_c[0] + 40.0,
-                            head_c[1] - 40.0,
-                            head_c[1] + 40.0,
-                        ],
+                        bbox: [head_c[0] - 40.0, head_c[0] + 40.0, head_c[1] - 40.0, head_c[1] + 40.0],
                         h0: head_c[2] - 40.0,
                         h1: head_c[2] + 12.0,
                         f: move |q| {
-                            let r = ((q[0] - head_c[0]).powi(2)
-                                + (q[1] - head_c[1]).powi(2)
-                                + (q[2] - head_c[2]).powi(2))
-                            .sqrt();
+                            let r =
+                                ((q[0] - head_c[0]).powi(2) + (q[1] - head_c[1]).powi(2) + (q[2] - head_c[2]).powi(2))
+                                    .sqrt();
                             r >= inner && r <= outer && s * (q[0] - head_c[0]) < 14.0
                         },
                     },
@@ -1387,112 +1122,32 @@ impl Model {
                 ([s * 12.0, -58.0, 905.0], [s * 50.0, 30.0, 950.0], 8.0),
             ] {
                 b.push(Capsule { a, b: c, r }, Tissue::CorticalBone, ANY);
-                b.push(
-                    Capsule {
-                        a,
-                        b: c,
-                        r: r - 3.0,
-                    },
-                    Tissue::RedMarrow,
-                    ANY,
-                );
+                b.push(Capsule { a, b: c, r: r - 3.0 }, Tissue::RedMarrow, ANY);
             }
             // Femur: head, neck, greater trochanter (red marrow), shaft (yellow marrow).
             let neck_end = [s * 122.0, 12.0, 908.0];
             let shaft_end = [s * 90.0, 6.0, 1400.0];
-            b.push(
-                Ellipsoid::new(head_c, [24.0, 24.0, 24.0]),
-                Tissue::CorticalBone,
-                ANY,
-            );
-            b.push(
-                Capsule {
-                    a: head_c,
-                    b: neck_end,
-                    r: 16.0,
-                },
-                Tissue::CorticalBone,
-                ANY,
-            );
-            b.push(
-                Ellipsoid::new([s * 128.0, 14.0, 905.0], [18.0, 20.0, 22.0]),
-                Tissue::CorticalBone,
-                ANY,
-            );
-            b.push(
-                Capsule {
-                    a: [s * 120.0, 12.0, 915.0],
-                    b: shaft_end,
-                    r: 15.0,
-                },
-                Tissue::CorticalBone,
-                ANY,
-            );
-            b.push(
-                Ellipsoid::new(head_c, [21.5, 21.5, 21.5]),
-                Tissue::RedMarrow,
-                ANY,
-            );
-            b.push(
-                Capsule {
-                    a: head_c,
-                    b: neck_end,
-                    r: 13.0,
-                },
-                Tissue::RedMarrow,
-                ANY,
-            );
-            b.push(
-                Ellipsoid::new([s * 128.0, 14.0, 905.0], [15.0, 17.0, 19.0]),
-                Tissue::RedMarrow,
-                ANY,
-            );
-            b.push(
-                Capsule {
-                    a: [s * 120.0, 12.0, 930.0],
-                    b: shaft_end,
-                    r: 9.5,
-                },
-                Tissue::YellowMarrow,
-                ANY,
-            );
+            b.push(Ellipsoid::new(head_c, [24.0, 24.0, 24.0]), Tissue::CorticalBone, ANY);
+            b.push(Capsule { a: head_c, b: neck_end, r: 16.0 }, Tissue::CorticalBone, ANY);
+            b.push(Ellipsoid::new([s * 128.0, 14.0, 905.0], [18.0, 20.0, 22.0]), Tissue::CorticalBone, ANY);
+            b.push(Capsule { a: [s * 120.0, 12.0, 915.0], b: shaft_end, r: 15.0 }, Tissue::CorticalBone, ANY);
+            b.push(Ellipsoid::new(head_c, [21.5, 21.5, 21.5]), Tissue::RedMarrow, ANY);
+            b.push(Capsule { a: head_c, b: neck_end, r: 13.0 }, Tissue::RedMarrow, ANY);
+            b.push(Ellipsoid::new([s * 128.0, 14.0, 905.0], [15.0, 17.0, 19.0]), Tissue::RedMarrow, ANY);
+            b.push(Capsule { a: [s * 120.0, 12.0, 930.0], b: shaft_end, r: 9.5 }, Tissue::YellowMarrow, ANY);
             lm.femoral_heads.push((head_c, 24.0));
         }
         // Humerus, radius and ulna of the raised arms.
         for s in [-1.0, 1.0] {
             let [upper, fore] = arm_segments(s);
-            b.push(
-                Ellipsoid::new(upper.0, [22.0; 3]),
-                Tissue::CorticalBone,
-                ANY,
-            );
+            b.push(Ellipsoid::new(upper.0, [22.0; 3]), Tissue::CorticalBone, ANY);
             b.push(Ellipsoid::new(upper.0, [19.5; 3]), Tissue::RedMarrow, ANY);
-            b.push(
-                Capsule {
-                    a: upper.0,
-                    b: upper.1,
-                    r: 11.0,
-                },
-                Tissue::CorticalBone,
-                Tissue::Muscle.bit(),
-            );
-            b.push(
-                Capsule {
-                    a: upper.0,
-                    b: upper.1,
-                    r: 6.5,
-                },
-                Tissue::YellowMarrow,
-                Tissue::CorticalBone.bit(),
-            );
+            b.push(Capsule { a: upper.0, b: upper.1, r: 11.0 }, Tissue::CorticalBone, Tissue::Muscle.bit());
+            b.push(Capsule { a: upper.0, b: upper.1, r: 6.5 }, Tissue::YellowMarrow, Tissue::CorticalBone.bit());
             for dy in [-9.0, 9.0] {
                 let a = [fore.0[0], fore.0[1] + dy, fore.0[2]];
                 let c = [fore.1[0], fore.1[1] + dy, fore.1[2]];
-                b.push(
-                    Capsule { a, b: c, r: 6.0 },
-                    Tissue::CorticalBone,
-                    Tissue::Muscle.bit(),
-                );
+                b.push(Capsule { a, b: c, r: 6.0 }, Tissue::CorticalBone, Tissue::Muscle.bit());
             }
         }
         // Patient table below the body (CT only; PET has no activity there).
@@ -1552,31 +1207,19 @@ impl Model {
                 ph.uniform(0.0, std::f64::consts::TAU),
             )
         });
-        Model {
-            patient: p,
-            prims: b.prims,
-            landmarks: lm,
-            bowel_waves,
-        }
+        Model { patient: p, prims: b.prims, landmarks: lm, bowel_waves }
     }
 
     /// Bowel pattern in [-1, 1]-ish: smooth loops; > threshold is bowel wall/content.
     pub fn bowel_pattern(&self, q: [f64; 3]) -> f64 {
         let dot = |k: &[f64; 3]| k[0] * q[0] + k[1] * q[1] + k[2] * q[2];
-        self.bowel_waves
-            .iter()
-            .map(|(u, pu, v, pv)| (dot(u) + pu).sin() * (dot(v) + pv).sin())
-            .sum::<f64>()
-            * 0.8
+        self.bowel_waves.iter().map(|(u, pu, v, pv)| (dot(u) + pu).sin() * (dot(v) + pv).sin()).sum::<f64>() * 0.8
     }
 
     /// Tissue label volume on `grid`.
     pub fn rasterize(&self, grid: &Grid) -> Vec<u8> {
         let mut labels = vec![0u8; grid.len()];
-        labels
-            .par_chunks_mut(grid.slice_len())
-            .enumerate()
-            .for_each(|(k, slice)| self.fill_slice(grid, k, slice));
+        labels.par_chunks_mut(grid.slice_len()).enumerate().for_each(|(k, slice)| self.fill_slice(grid, k, slice));
         labels
     }
 
@@ -1611,9 +1254,7 @@ impl Model {
                     Span::Test => {
                         for i in cols.clone() {
                             let v = &mut row[i];
-                            if prim.only & (1 << *v) != 0
-                                && prim.solid.contains([grid.x_mm(i) / sl, y, h])
-                            {
+                            if prim.only & (1 << *v) != 0 && prim.solid.contains([grid.x_mm(i) / sl, y, h]) {
                                 *v = label;
                             }
                         }
@@ -1664,11 +1305,7 @@ fn normalize(v: [f64; 3]) -> [f64; 3] {
 
 /// Elliptic cylinder with the ellipsoid's in-plane radii and h extent.
 fn cyl(e: Ellipsoid) -> impl Solid {
-    Section {
-        h0: e.c[2] - e.r[2],
-        h1: e.c[2] + e.r[2],
-        f: move |_h| Some((e.c[0], e.c[1], e.r[0], e.r[1])),
-    }
+    Section { h0: e.c[2] - e.r[2], h1: e.c[2] + e.r[2], f: move |_h| Some((e.c[0], e.c[1], e.r[0], e.r[1])) }
 }
 
 struct Builder {
@@ -1678,11 +1315,7 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, solid: impl Solid + 'static, label: Tissue, only: u32) {
-        self.prims.push(Prim {
-            solid: Box::new(solid),
-            label,
-            only,
-        });
+        self.prims.push(Prim { solid: Box::new(solid), label, only });
     }
 
     /// Per-organ size factor and position shift (mm), seeded by the organ name.
@@ -1693,19 +1326,9 @@ impl Builder {
         (scale, shift)
     }
 
-    fn jitter_ellipsoid(
-        &self,
-        name: &str,
-        c: [f64; 3],
-        r: [f64; 3],
-        scale_sd: f64,
-        shift_sd: f64,
-    ) -> Ellipsoid {
+    fn jitter_ellipsoid(&self, name: &str, c: [f64; 3], r: [f64; 3], scale_sd: f64, shift_sd: f64) -> Ellipsoid {
         let (scale, shift) = self.jitter(name, scale_sd, shift_sd);
-        Ellipsoid::new(
-            [c[0] + shift[0], c[1] + shift[1], c[2] + shift[2]],
-            r.map(|v| v * scale),
-        )
+        Ellipsoid::new([c[0] + shift[0], c[1] + shift[1], c[2] + shift[2]], r.map(|v| v * scale))
     }
 }
 
@@ -1722,11 +1345,7 @@ mod tests {
         assert!(a.weight_kg != c.weight_kg || a.height_m != c.height_m);
         for seed in 0..50 {
             let p = Patient::from_seed(seed);
-            assert!(
-                (40.0..150.0).contains(&p.weight_kg),
-                "weight {}",
-                p.weight_kg
-            );
+            assert!((40.0..150.0).contains(&p.weight_kg), "weight {}", p.weight_kg);
         }
     }
 
@@ -1759,12 +1378,7 @@ mod tests {
             Tissue::Fat,
             Tissue::Muscle,
         ] {
-            assert!(
-                counts[t as usize] > 10,
-                "{:?} missing ({})",
-                t,
-                counts[t as usize]
-            );
+            assert!(counts[t as usize] > 10, "{:?} missing ({})", t, counts[t as usize]);
         }
     }
 }

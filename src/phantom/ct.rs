@@ -12,10 +12,7 @@ use super::rng::Stream;
 pub const RESCALE_INTERCEPT: f64 = -1024.0;
 
 fn is_bone(t: Tissue) -> bool {
-    matches!(
-        t,
-        Tissue::CorticalBone | Tissue::RedMarrow | Tissue::YellowMarrow
-    )
+    matches!(t, Tissue::CorticalBone | Tissue::RedMarrow | Tissue::YellowMarrow)
 }
 
 /// Noiseless HU of a voxel.
@@ -35,27 +32,15 @@ fn hu_of(label: u8, lesion: Option<&Lesion>) -> f32 {
 }
 
 /// CT stored values (int16, HU - RESCALE_INTERCEPT) on `grid`.
-pub fn synthesize(
-    seed: u64,
-    grid: &Grid,
-    labels: &[u8],
-    lesion_ids: &[u8],
-    lesions: &[Lesion],
-) -> Vec<i16> {
+pub fn synthesize(seed: u64, grid: &Grid, labels: &[u8], lesion_ids: &[u8], lesions: &[Lesion]) -> Vec<i16> {
     let n = grid.slice_len();
     let (nx, ny) = (grid.nx(), grid.ny());
     let pixel_area_mm2 = grid.spacing_mm[0] * grid.spacing_mm[1];
     let mut out = vec![0i16; grid.len()];
-    out.par_chunks_mut(n)
-        .zip(labels.par_chunks(n))
-        .zip(lesion_ids.par_chunks(n))
-        .enumerate()
-        .for_each(|(k, ((out, lab), ids))| {
-            let mut hu: Vec<f32> = lab
-                .iter()
-                .zip(ids)
-                .map(|(&l, &id)| hu_of(l, (id != 0).then(|| &lesions[id as usize - 1])))
-                .collect();
+    out.par_chunks_mut(n).zip(labels.par_chunks(n)).zip(lesion_ids.par_chunks(n)).enumerate().for_each(
+        |(k, ((out, lab), ids))| {
+            let mut hu: Vec<f32> =
+                lab.iter().zip(ids).map(|(&l, &id)| hu_of(l, (id != 0).then(|| &lesions[id as usize - 1]))).collect();
             // Separable [1 2 1]/4 in-plane smoothing.
             let mut tmp = hu.clone();
             for j in 0..ny {
@@ -67,20 +52,14 @@ pub fn synthesize(
             }
             for j in 1..ny.saturating_sub(1) {
                 for i in 0..nx {
-                    hu[j * nx + i] = 0.25 * tmp[(j - 1) * nx + i]
-                        + 0.5 * tmp[j * nx + i]
-                        + 0.25 * tmp[(j + 1) * nx + i];
+                    hu[j * nx + i] =
+                        0.25 * tmp[(j - 1) * nx + i] + 0.5 * tmp[j * nx + i] + 0.25 * tmp[(j + 1) * nx + i];
                 }
             }
             // Bigger cross-sections attenuate more: noisier slices (shoulders, pelvis).
             let body_mm2 = lab
                 .iter()
-                .filter(|&&l| {
-                    !matches!(
-                        Tissue::from_u8(l),
-                        Tissue::Air | Tissue::Table | Tissue::TableFoam
-                    )
-                })
+                .filter(|&&l| !matches!(Tissue::from_u8(l), Tissue::Air | Tissue::Table | Tissue::TableFoam))
                 .count() as f64
                 * pixel_area_mm2;
             let sd = (9.0 + 14.0 * body_mm2 / 60_000.0) as f32;
@@ -91,7 +70,8 @@ pub fn synthesize(
                 let v = (h + sd * e).clamp(-1024.0, 3071.0);
                 *o = (v.round() as f64 - RESCALE_INTERCEPT) as i16;
             }
-        });
+        },
+    );
     out
 }
 
@@ -109,10 +89,8 @@ fn correlate(noise: &mut [f32], nx: usize, ny: usize) {
     let gain = 1.0 / 0.375f32;
     for j in 1..ny.saturating_sub(1) {
         for i in 0..nx {
-            noise[j * nx + i] = gain
-                * (0.25 * tmp[(j - 1) * nx + i]
-                    + 0.5 * tmp[j * nx + i]
-                    + 0.25 * tmp[(j + 1) * nx + i]);
+            noise[j * nx + i] =
+                gain * (0.25 * tmp[(j - 1) * nx + i] + 0.5 * tmp[j * nx + i] + 0.25 * tmp[(j + 1) * nx + i]);
         }
     }
 }
@@ -123,23 +101,12 @@ mod tests {
 
     #[test]
     fn stored_values_are_hu_plus_1024() {
-        let g = Grid {
-            dims: [16, 16, 2],
-            spacing_mm: [1.0, 1.0, 1.0],
-            origin_mm: [0.0; 3],
-        };
+        let g = Grid { dims: [16, 16, 2], spacing_mm: [1.0, 1.0, 1.0], origin_mm: [0.0; 3] };
         let labels = vec![Tissue::Liver as u8; g.len()];
         let ids = vec![0u8; g.len()];
         let ct = synthesize(1, &g, &labels, &ids, &[]);
-        let mean = ct
-            .iter()
-            .map(|&v| v as f64 + RESCALE_INTERCEPT)
-            .sum::<f64>()
-            / ct.len() as f64;
-        assert!(
-            (mean - Tissue::Liver.hu() as f64).abs() < 4.0,
-            "mean {mean}"
-        );
+        let mean = ct.iter().map(|&v| v as f64 + RESCALE_INTERCEPT).sum::<f64>() / ct.len() as f64;
+        assert!((mean - Tissue::Liver.hu() as f64).abs() < 4.0, "mean {mean}");
         assert_eq!(ct, synthesize(1, &g, &labels, &ids, &[]));
     }
 
@@ -149,10 +116,8 @@ mod tests {
         let mut v = vec![0f32; nx * ny];
         Stream::new(3, "t").fill_standard_normal(&mut v);
         correlate(&mut v, nx, ny);
-        let inner: Vec<f64> = (1..ny - 1)
-            .flat_map(|j| (1..nx - 1).map(move |i| (i, j)))
-            .map(|(i, j)| v[j * nx + i] as f64)
-            .collect();
+        let inner: Vec<f64> =
+            (1..ny - 1).flat_map(|j| (1..nx - 1).map(move |i| (i, j))).map(|(i, j)| v[j * nx + i] as f64).collect();
         let var = inner.iter().map(|x| x * x).sum::<f64>() / inner.len() as f64;
         assert!((var - 1.0).abs() < 0.05, "var {var}");
     }

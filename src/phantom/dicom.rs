@@ -69,11 +69,8 @@ pub fn ds_value(v: f64) -> f64 {
 }
 
 fn date_str(days_since_2024: i64) -> String {
-    let base =
-        time::Date::from_calendar_date(2024, time::Month::January, 1).unwrap_or(time::Date::MIN);
-    let d = base
-        .checked_add(time::Duration::days(days_since_2024))
-        .unwrap_or(base);
+    let base = time::Date::from_calendar_date(2024, time::Month::January, 1).unwrap_or(time::Date::MIN);
+    let d = base.checked_add(time::Duration::days(days_since_2024)).unwrap_or(base);
     format!("{:04}{:02}{:02}", d.year(), d.month() as u8, d.day())
 }
 
@@ -166,26 +163,20 @@ impl StudyInfo {
         let decay_s = (pet_start_s - injection_time_s) as f64;
         let decayed_dose_bq = injected_dose_bq * (-decay_s / half_life_s).exp2();
         let bqml_suv_factor = weight_kg * 1000.0 / decayed_dose_bq;
-        let (activity_concentration_factor, philips_suv_factor, suv_bw_factor) =
-            match options.vendor {
-                Vendor::PhilipsCnts => {
-                    let acf = ds_value(s.uniform(0.02, 0.06));
-                    let suv = ds_value(acf * bqml_suv_factor);
-                    (Some(acf), Some(suv), suv)
-                }
-                Vendor::PhilipsBqml => {
-                    let suv = ds_value(bqml_suv_factor);
-                    (Some(1.0), Some(suv), bqml_suv_factor)
-                }
-                _ => (None, None, bqml_suv_factor),
-            };
+        let (activity_concentration_factor, philips_suv_factor, suv_bw_factor) = match options.vendor {
+            Vendor::PhilipsCnts => {
+                let acf = ds_value(s.uniform(0.02, 0.06));
+                let suv = ds_value(acf * bqml_suv_factor);
+                (Some(acf), Some(suv), suv)
+            }
+            Vendor::PhilipsBqml => {
+                let suv = ds_value(bqml_suv_factor);
+                (Some(1.0), Some(suv), bqml_suv_factor)
+            }
+            _ => (None, None, bqml_suv_factor),
+        };
         let birth_year = 2024 + day / 365 - patient.age_years as i64;
-        let birth = format!(
-            "{:04}{:02}{:02}",
-            birth_year,
-            s.range_usize(1, 13),
-            s.range_usize(1, 29)
-        );
+        let birth = format!("{:04}{:02}{:02}", birth_year, s.range_usize(1, 13), s.range_usize(1, 29));
         StudyInfo {
             study_uid: u("study"),
             ct_series_uid: u("series/CT"),
@@ -226,12 +217,7 @@ impl StudyInfo {
     }
 
     fn instance_uid(&self, modality: &str, index: usize) -> String {
-        uid(&[
-            "petct-node phantom",
-            &self.fingerprint,
-            modality,
-            &index.to_string(),
-        ])
+        uid(&["petct-node phantom", &self.fingerprint, modality, &index.to_string()])
     }
 
     /// Injection date-time as DT.
@@ -259,11 +245,7 @@ impl StudyInfo {
         let avg = lambda * dur / (1.0 - (-lambda * dur).exp());
         let decay_factor = (lambda * t0).exp() * avg;
         let frame_ref_ms = 1000.0 * (t0 + avg.ln() / lambda);
-        (
-            self.pet_start_s + bed * self.bed_duration_s,
-            frame_ref_ms,
-            decay_factor,
-        )
+        (self.pet_start_s + bed * self.bed_duration_s, frame_ref_ms, decay_factor)
     }
 }
 
@@ -324,75 +306,30 @@ fn base_object(study: &StudyInfo, modality: &str) -> InMemDicomObject {
     put(&mut o, tags::SPECIFIC_CHARACTER_SET, VR::CS, "ISO_IR 100");
     put(&mut o, tags::STUDY_DATE, VR::DA, study.date.as_str());
     put(&mut o, tags::STUDY_TIME, VR::TM, tm(study.study_time_s));
-    put(
-        &mut o,
-        tags::ACCESSION_NUMBER,
-        VR::SH,
-        study.accession.as_str(),
-    );
+    put(&mut o, tags::ACCESSION_NUMBER, VR::SH, study.accession.as_str());
     put(&mut o, tags::MODALITY, VR::CS, modality);
     put(&mut o, tags::MANUFACTURER, VR::LO, vs.manufacturer);
-    put(
-        &mut o,
-        tags::INSTITUTION_NAME,
-        VR::LO,
-        "petct-node synthetic phantom",
-    );
+    put(&mut o, tags::INSTITUTION_NAME, VR::LO, "petct-node synthetic phantom");
     put(&mut o, tags::REFERRING_PHYSICIAN_NAME, VR::PN, "");
     put(&mut o, tags::STATION_NAME, VR::SH, vs.station);
-    put(
-        &mut o,
-        tags::STUDY_DESCRIPTION,
-        VR::LO,
-        "PET^WB FDG (SYNTHETIC)",
-    );
+    put(&mut o, tags::STUDY_DESCRIPTION, VR::LO, "PET^WB FDG (SYNTHETIC)");
     put(&mut o, tags::MANUFACTURER_MODEL_NAME, VR::LO, vs.model);
-    put(
-        &mut o,
-        tags::PATIENT_NAME,
-        VR::PN,
-        study.patient_name.as_str(),
-    );
+    put(&mut o, tags::PATIENT_NAME, VR::PN, study.patient_name.as_str());
     put(&mut o, tags::PATIENT_ID, VR::LO, study.patient_id.as_str());
-    put(
-        &mut o,
-        tags::PATIENT_BIRTH_DATE,
-        VR::DA,
-        study.birth_date.as_str(),
-    );
+    put(&mut o, tags::PATIENT_BIRTH_DATE, VR::DA, study.birth_date.as_str());
     put(&mut o, tags::PATIENT_SEX, VR::CS, study.sex);
     put(&mut o, tags::PATIENT_AGE, VR::AS, study.age.as_str());
     put(&mut o, tags::PATIENT_SIZE, VR::DS, ds(study.height_m));
     put(&mut o, tags::PATIENT_WEIGHT, VR::DS, ds(study.weight_kg));
     put(&mut o, tags::BODY_PART_EXAMINED, VR::CS, "WHOLEBODY");
     put(&mut o, tags::DEVICE_SERIAL_NUMBER, VR::LO, "PHANTOM0001");
-    put(
-        &mut o,
-        tags::SOFTWARE_VERSIONS,
-        VR::LO,
-        "petct-node phantom 1",
-    );
-    put(
-        &mut o,
-        tags::STUDY_INSTANCE_UID,
-        VR::UI,
-        study.study_uid.as_str(),
-    );
+    put(&mut o, tags::SOFTWARE_VERSIONS, VR::LO, "petct-node phantom 1");
+    put(&mut o, tags::STUDY_INSTANCE_UID, VR::UI, study.study_uid.as_str());
     put(&mut o, tags::STUDY_ID, VR::SH, "1");
-    put(
-        &mut o,
-        tags::IMAGE_ORIENTATION_PATIENT,
-        VR::DS,
-        "1\\0\\0\\0\\1\\0",
-    );
+    put(&mut o, tags::IMAGE_ORIENTATION_PATIENT, VR::DS, "1\\0\\0\\0\\1\\0");
     put(&mut o, tags::POSITION_REFERENCE_INDICATOR, VR::LO, "");
     put(&mut o, tags::SAMPLES_PER_PIXEL, VR::US, 1u16);
-    put(
-        &mut o,
-        tags::PHOTOMETRIC_INTERPRETATION,
-        VR::CS,
-        "MONOCHROME2",
-    );
+    put(&mut o, tags::PHOTOMETRIC_INTERPRETATION, VR::CS, "MONOCHROME2");
     put(&mut o, tags::BITS_ALLOCATED, VR::US, 16u16);
     put(&mut o, tags::BITS_STORED, VR::US, 16u16);
     put(&mut o, tags::HIGH_BIT, VR::US, 15u16);
@@ -404,18 +341,8 @@ fn base_object(study: &StudyInfo, modality: &str) -> InMemDicomObject {
 fn put_geometry(o: &mut InMemDicomObject, g: &Grid, k: usize) {
     put(o, tags::ROWS, VR::US, g.ny() as u16);
     put(o, tags::COLUMNS, VR::US, g.nx() as u16);
-    put(
-        o,
-        tags::PIXEL_SPACING,
-        VR::DS,
-        format!("{}\\{}", ds(g.spacing_mm[1]), ds(g.spacing_mm[0])),
-    );
-    put(
-        o,
-        tags::IMAGE_POSITION_PATIENT,
-        VR::DS,
-        format!("{}\\{}\\{}", ds(g.x_mm(0)), ds(g.y_mm(0)), ds(g.z_mm(k))),
-    );
+    put(o, tags::PIXEL_SPACING, VR::DS, format!("{}\\{}", ds(g.spacing_mm[1]), ds(g.spacing_mm[0])));
+    put(o, tags::IMAGE_POSITION_PATIENT, VR::DS, format!("{}\\{}\\{}", ds(g.x_mm(0)), ds(g.y_mm(0)), ds(g.z_mm(k))));
     put(o, tags::SLICE_LOCATION, VR::DS, ds(g.z_mm(k)));
     put(o, tags::SLICE_THICKNESS, VR::DS, ds(g.spacing_mm[2]));
 }
@@ -434,10 +361,8 @@ fn write_file(obj: InMemDicomObject, study: &StudyInfo, path: &Path) -> Result<(
             message: e.to_string(),
         })?;
     let _ = study;
-    file.write_to_file(path).map_err(|e| PhantomError::Dicom {
-        what: format!("writing {}", path.display()),
-        message: e.to_string(),
-    })
+    file.write_to_file(path)
+        .map_err(|e| PhantomError::Dicom { what: format!("writing {}", path.display()), message: e.to_string() })
 }
 
 /// Write one CT file per slice; returns the number written.
@@ -446,63 +371,25 @@ pub fn write_ct_series(study: &StudyInfo, ph: &Phantom, dir: &Path) -> Result<us
     let vs = vendor_strings(study.vendor);
     let mut base = base_object(study, "CT");
     put(&mut base, tags::SOP_CLASS_UID, VR::UI, CT_IMAGE_STORAGE);
-    put(
-        &mut base,
-        tags::IMAGE_TYPE,
-        VR::CS,
-        "ORIGINAL\\PRIMARY\\AXIAL",
-    );
-    for (tag, vr) in [
-        (tags::SERIES_DATE, VR::DA),
-        (tags::ACQUISITION_DATE, VR::DA),
-        (tags::CONTENT_DATE, VR::DA),
-    ] {
+    put(&mut base, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY\\AXIAL");
+    for (tag, vr) in [(tags::SERIES_DATE, VR::DA), (tags::ACQUISITION_DATE, VR::DA), (tags::CONTENT_DATE, VR::DA)] {
         put(&mut base, tag, vr, study.date.as_str());
     }
-    for tag in [
-        tags::SERIES_TIME,
-        tags::ACQUISITION_TIME,
-        tags::CONTENT_TIME,
-    ] {
+    for tag in [tags::SERIES_TIME, tags::ACQUISITION_TIME, tags::CONTENT_TIME] {
         put(&mut base, tag, VR::TM, tm(study.ct_time_s));
     }
-    put(
-        &mut base,
-        tags::SERIES_DESCRIPTION,
-        VR::LO,
-        "CT WB 3.0 (attenuation correction)",
-    );
-    put(
-        &mut base,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        study.ct_series_uid.as_str(),
-    );
+    put(&mut base, tags::SERIES_DESCRIPTION, VR::LO, "CT WB 3.0 (attenuation correction)");
+    put(&mut base, tags::SERIES_INSTANCE_UID, VR::UI, study.ct_series_uid.as_str());
     put(&mut base, tags::SERIES_NUMBER, VR::IS, "2");
     put(&mut base, tags::ACQUISITION_NUMBER, VR::IS, "1");
-    put(
-        &mut base,
-        tags::FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        study.ct_for_uid.as_str(),
-    );
+    put(&mut base, tags::FRAME_OF_REFERENCE_UID, VR::UI, study.ct_for_uid.as_str());
     // PET states the position in the Patient Orientation Code Sequence instead.
     put(&mut base, tags::PATIENT_POSITION, VR::CS, "HFS");
     put(&mut base, tags::SCAN_OPTIONS, VR::CS, "HELIX");
     put(&mut base, tags::KVP, VR::DS, "120");
     put(&mut base, tags::DATA_COLLECTION_DIAMETER, VR::DS, "500");
-    put(
-        &mut base,
-        tags::RECONSTRUCTION_DIAMETER,
-        VR::DS,
-        ds(g.spacing_mm[0] * g.nx() as f64),
-    );
-    put(
-        &mut base,
-        tags::DISTANCE_SOURCE_TO_DETECTOR,
-        VR::DS,
-        "1085.6",
-    );
+    put(&mut base, tags::RECONSTRUCTION_DIAMETER, VR::DS, ds(g.spacing_mm[0] * g.nx() as f64));
+    put(&mut base, tags::DISTANCE_SOURCE_TO_DETECTOR, VR::DS, "1085.6");
     put(&mut base, tags::DISTANCE_SOURCE_TO_PATIENT, VR::DS, "595");
     put(&mut base, tags::GANTRY_DETECTOR_TILT, VR::DS, "0");
     put(&mut base, tags::TABLE_HEIGHT, VR::DS, "140");
@@ -514,42 +401,17 @@ pub fn write_ct_series(study: &StudyInfo, ph: &Phantom, dir: &Path) -> Result<us
     put(&mut base, tags::PIXEL_REPRESENTATION, VR::US, 1u16);
     put(&mut base, tags::WINDOW_CENTER, VR::DS, "40\\-600");
     put(&mut base, tags::WINDOW_WIDTH, VR::DS, "400\\1500");
-    put(
-        &mut base,
-        tags::WINDOW_CENTER_WIDTH_EXPLANATION,
-        VR::LO,
-        "SOFT TISSUE\\LUNG",
-    );
-    put(
-        &mut base,
-        tags::RESCALE_INTERCEPT,
-        VR::DS,
-        ds(ct::RESCALE_INTERCEPT),
-    );
+    put(&mut base, tags::WINDOW_CENTER_WIDTH_EXPLANATION, VR::LO, "SOFT TISSUE\\LUNG");
+    put(&mut base, tags::RESCALE_INTERCEPT, VR::DS, ds(ct::RESCALE_INTERCEPT));
     put(&mut base, tags::RESCALE_SLOPE, VR::DS, "1");
     put(&mut base, tags::RESCALE_TYPE, VR::LO, "HU");
-    put(
-        &mut base,
-        tags::INSTANCE_CREATION_DATE,
-        VR::DA,
-        study.date.as_str(),
-    );
-    put(
-        &mut base,
-        tags::INSTANCE_CREATION_TIME,
-        VR::TM,
-        tm(study.ct_time_s + 60),
-    );
+    put(&mut base, tags::INSTANCE_CREATION_DATE, VR::DA, study.date.as_str());
+    put(&mut base, tags::INSTANCE_CREATION_TIME, VR::TM, tm(study.ct_time_s + 60));
     let n = g.slice_len();
     (0..g.nz()).into_par_iter().try_for_each(|k| {
         let instance = g.nz() - k;
         let mut o = base.clone();
-        put(
-            &mut o,
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            study.instance_uid("CT", instance),
-        );
+        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, study.instance_uid("CT", instance));
         put(&mut o, tags::INSTANCE_NUMBER, VR::IS, instance.to_string());
         put_geometry(&mut o, g, k);
         let mut bytes = Vec::with_capacity(2 * n);
@@ -569,161 +431,57 @@ pub fn write_pt_series(study: &StudyInfo, ph: &Phantom, dir: &Path) -> Result<us
     let mut base = base_object(study, "PT");
     put(&mut base, tags::SOP_CLASS_UID, VR::UI, PET_IMAGE_STORAGE);
     put(&mut base, tags::IMAGE_TYPE, VR::CS, "ORIGINAL\\PRIMARY");
-    for (tag, vr) in [
-        (tags::SERIES_DATE, VR::DA),
-        (tags::ACQUISITION_DATE, VR::DA),
-        (tags::CONTENT_DATE, VR::DA),
-    ] {
+    for (tag, vr) in [(tags::SERIES_DATE, VR::DA), (tags::ACQUISITION_DATE, VR::DA), (tags::CONTENT_DATE, VR::DA)] {
         put(&mut base, tag, vr, study.date.as_str());
     }
-    put(
-        &mut base,
-        tags::SERIES_TIME,
-        VR::TM,
-        tm(study.pt_series_time_s),
-    );
+    put(&mut base, tags::SERIES_TIME, VR::TM, tm(study.pt_series_time_s));
     put(&mut base, tags::SERIES_DESCRIPTION, VR::LO, "PET WB FDG AC");
-    put(
-        &mut base,
-        tags::SERIES_INSTANCE_UID,
-        VR::UI,
-        study.pt_series_uid.as_str(),
-    );
+    put(&mut base, tags::SERIES_INSTANCE_UID, VR::UI, study.pt_series_uid.as_str());
     put(&mut base, tags::SERIES_NUMBER, VR::IS, "3");
     put(&mut base, tags::ACQUISITION_NUMBER, VR::IS, "1");
-    put(
-        &mut base,
-        tags::FRAME_OF_REFERENCE_UID,
-        VR::UI,
-        study.pt_for_uid.as_str(),
-    );
+    put(&mut base, tags::FRAME_OF_REFERENCE_UID, VR::UI, study.pt_for_uid.as_str());
     put(&mut base, tags::PIXEL_REPRESENTATION, VR::US, 0u16);
     put(&mut base, tags::RESCALE_INTERCEPT, VR::DS, "0");
-    put(
-        &mut base,
-        tags::RECONSTRUCTION_DIAMETER,
-        VR::DS,
-        ds(g.spacing_mm[0] * g.nx() as f64),
-    );
+    put(&mut base, tags::RECONSTRUCTION_DIAMETER, VR::DS, ds(g.spacing_mm[0] * g.nx() as f64));
     put(&mut base, tags::CONVOLUTION_KERNEL, VR::SH, "GAUSSIAN 5.0");
-    put(
-        &mut base,
-        tags::INSTANCE_CREATION_DATE,
-        VR::DA,
-        study.date.as_str(),
-    );
-    put(
-        &mut base,
-        tags::INSTANCE_CREATION_TIME,
-        VR::TM,
-        tm(study.pt_series_time_s + 60),
-    );
+    put(&mut base, tags::INSTANCE_CREATION_DATE, VR::DA, study.date.as_str());
+    put(&mut base, tags::INSTANCE_CREATION_TIME, VR::TM, tm(study.pt_series_time_s + 60));
     // PET Series module.
     put(&mut base, tags::UNITS, VR::CS, study.units);
     put(&mut base, tags::SUV_TYPE, VR::CS, "BW");
     put(&mut base, tags::COUNTS_SOURCE, VR::CS, "EMISSION");
     put(&mut base, tags::SERIES_TYPE, VR::CS, "WHOLE BODY\\IMAGE");
     put(&mut base, tags::NUMBER_OF_SLICES, VR::US, g.nz() as u16);
-    put(
-        &mut base,
-        tags::CORRECTED_IMAGE,
-        VR::CS,
-        "NORM\\DTIM\\ATTN\\SCAT\\DECY\\RAN",
-    );
+    put(&mut base, tags::CORRECTED_IMAGE, VR::CS, "NORM\\DTIM\\ATTN\\SCAT\\DECY\\RAN");
     put(&mut base, tags::RANDOMS_CORRECTION_METHOD, VR::CS, "DLYD");
-    put(
-        &mut base,
-        tags::ATTENUATION_CORRECTION_METHOD,
-        VR::LO,
-        "measured,AC_CT",
-    );
-    put(
-        &mut base,
-        tags::SCATTER_CORRECTION_METHOD,
-        VR::LO,
-        "Model-based",
-    );
+    put(&mut base, tags::ATTENUATION_CORRECTION_METHOD, VR::LO, "measured,AC_CT");
+    put(&mut base, tags::SCATTER_CORRECTION_METHOD, VR::LO, "Model-based");
     put(&mut base, tags::DECAY_CORRECTION, VR::CS, "START");
     put(&mut base, tags::RECONSTRUCTION_METHOD, VR::LO, vs.pet_recon);
     put(&mut base, tags::COLLIMATOR_TYPE, VR::CS, "NONE");
     put(&mut base, tags::AXIAL_ACCEPTANCE, VR::DS, "17");
     // PET Isotope module.
     let mut rp = InMemDicomObject::new_empty();
-    put(
-        &mut rp,
-        tags::RADIOPHARMACEUTICAL,
-        VR::LO,
-        "Fluorodeoxyglucose",
-    );
-    put(
-        &mut rp,
-        tags::RADIOPHARMACEUTICAL_ROUTE,
-        VR::LO,
-        "Intravenous",
-    );
+    put(&mut rp, tags::RADIOPHARMACEUTICAL, VR::LO, "Fluorodeoxyglucose");
+    put(&mut rp, tags::RADIOPHARMACEUTICAL_ROUTE, VR::LO, "Intravenous");
     put(&mut rp, tags::RADIOPHARMACEUTICAL_VOLUME, VR::DS, "8");
-    put(
-        &mut rp,
-        tags::RADIOPHARMACEUTICAL_START_TIME,
-        VR::TM,
-        tm(study.injection_time_s),
-    );
-    put(
-        &mut rp,
-        tags::RADIOPHARMACEUTICAL_START_DATE_TIME,
-        VR::DT,
-        study.injection_dt(),
-    );
-    put(
-        &mut rp,
-        tags::RADIONUCLIDE_TOTAL_DOSE,
-        VR::DS,
-        ds(study.injected_dose_bq),
-    );
-    put(
-        &mut rp,
-        tags::RADIONUCLIDE_HALF_LIFE,
-        VR::DS,
-        ds(study.half_life_s),
-    );
-    put(
-        &mut rp,
-        tags::RADIONUCLIDE_POSITRON_FRACTION,
-        VR::DS,
-        "0.9673",
-    );
-    put_seq(
-        &mut rp,
-        tags::RADIONUCLIDE_CODE_SEQUENCE,
-        vec![code("77004003", "SCT", "^18^Fluorine")],
-    );
+    put(&mut rp, tags::RADIOPHARMACEUTICAL_START_TIME, VR::TM, tm(study.injection_time_s));
+    put(&mut rp, tags::RADIOPHARMACEUTICAL_START_DATE_TIME, VR::DT, study.injection_dt());
+    put(&mut rp, tags::RADIONUCLIDE_TOTAL_DOSE, VR::DS, ds(study.injected_dose_bq));
+    put(&mut rp, tags::RADIONUCLIDE_HALF_LIFE, VR::DS, ds(study.half_life_s));
+    put(&mut rp, tags::RADIONUCLIDE_POSITRON_FRACTION, VR::DS, "0.9673");
+    put_seq(&mut rp, tags::RADIONUCLIDE_CODE_SEQUENCE, vec![code("77004003", "SCT", "^18^Fluorine")]);
     put_seq(
         &mut rp,
         tags::RADIOPHARMACEUTICAL_CODE_SEQUENCE,
         vec![code("35321007", "SCT", "Fluorodeoxyglucose F^18^")],
     );
-    put_seq(
-        &mut base,
-        tags::RADIOPHARMACEUTICAL_INFORMATION_SEQUENCE,
-        vec![rp],
-    );
+    put_seq(&mut base, tags::RADIOPHARMACEUTICAL_INFORMATION_SEQUENCE, vec![rp]);
     // NM/PET Patient Orientation module.
     let mut orient = code("102538003", "SCT", "recumbent");
-    put_seq(
-        &mut orient,
-        tags::PATIENT_ORIENTATION_MODIFIER_CODE_SEQUENCE,
-        vec![code("40199007", "SCT", "supine")],
-    );
-    put_seq(
-        &mut base,
-        tags::PATIENT_ORIENTATION_CODE_SEQUENCE,
-        vec![orient],
-    );
-    put_seq(
-        &mut base,
-        tags::PATIENT_GANTRY_RELATIONSHIP_CODE_SEQUENCE,
-        vec![code("102540008", "SCT", "headfirst")],
-    );
+    put_seq(&mut orient, tags::PATIENT_ORIENTATION_MODIFIER_CODE_SEQUENCE, vec![code("40199007", "SCT", "supine")]);
+    put_seq(&mut base, tags::PATIENT_ORIENTATION_CODE_SEQUENCE, vec![orient]);
+    put_seq(&mut base, tags::PATIENT_GANTRY_RELATIONSHIP_CODE_SEQUENCE, vec![code("102540008", "SCT", "headfirst")]);
     // Vendor private groups.
     match study.vendor {
         Vendor::Ge => {
@@ -731,12 +489,7 @@ pub fn write_pt_series(study: &StudyInfo, ph: &Phantom, dir: &Path) -> Result<us
             put(&mut base, Tag(0x0009, 0x100D), VR::DT, study.pet_start_dt());
         }
         Vendor::PhilipsBqml | Vendor::PhilipsCnts => {
-            put(
-                &mut base,
-                Tag(0x7053, 0x0010),
-                VR::LO,
-                PHILIPS_PRIVATE_CREATOR,
-            );
+            put(&mut base, Tag(0x7053, 0x0010), VR::LO, PHILIPS_PRIVATE_CREATOR);
             if let Some(f) = study.philips_suv_factor {
                 put(&mut base, Tag(0x7053, 0x1000), VR::DS, ds(f));
             }
@@ -749,18 +502,8 @@ pub fn write_pt_series(study: &StudyInfo, ph: &Phantom, dir: &Path) -> Result<us
     // Stored unit per SUV: Bq/mL, or counts for Philips CNTS.
     let unit_per_suv = 1.0 / study.suv_bw_factor;
     // Display window SUV 0..6 in stored units.
-    put(
-        &mut base,
-        tags::WINDOW_CENTER,
-        VR::DS,
-        ds(3.0 * unit_per_suv),
-    );
-    put(
-        &mut base,
-        tags::WINDOW_WIDTH,
-        VR::DS,
-        ds(6.0 * unit_per_suv),
-    );
+    put(&mut base, tags::WINDOW_CENTER, VR::DS, ds(3.0 * unit_per_suv));
+    put(&mut base, tags::WINDOW_WIDTH, VR::DS, ds(6.0 * unit_per_suv));
     let n = g.slice_len();
     (0..g.nz()).into_par_iter().try_for_each(|k| {
         let index = g.nz() - k;
@@ -768,43 +511,19 @@ pub fn write_pt_series(study: &StudyInfo, ph: &Phantom, dir: &Path) -> Result<us
         let (acq_s, frame_ref_ms, decay_factor) = study.pet_slice_timing(g, k);
         put(&mut o, tags::ACQUISITION_TIME, VR::TM, tm(acq_s));
         put(&mut o, tags::CONTENT_TIME, VR::TM, tm(acq_s));
-        put(
-            &mut o,
-            tags::FRAME_REFERENCE_TIME,
-            VR::DS,
-            ds((frame_ref_ms * 1000.0).round() / 1000.0),
-        );
-        put(
-            &mut o,
-            tags::ACTUAL_FRAME_DURATION,
-            VR::IS,
-            (study.bed_duration_s * 1000).to_string(),
-        );
-        put(
-            &mut o,
-            tags::DECAY_FACTOR,
-            VR::DS,
-            ds((decay_factor * 1e6).round() / 1e6),
-        );
+        put(&mut o, tags::FRAME_REFERENCE_TIME, VR::DS, ds((frame_ref_ms * 1000.0).round() / 1000.0));
+        put(&mut o, tags::ACTUAL_FRAME_DURATION, VR::IS, (study.bed_duration_s * 1000).to_string());
+        put(&mut o, tags::DECAY_FACTOR, VR::DS, ds((decay_factor * 1e6).round() / 1e6));
         put(&mut o, tags::DOSE_CALIBRATION_FACTOR, VR::DS, "1");
         put(&mut o, tags::SLICE_SENSITIVITY_FACTOR, VR::DS, "1");
-        put(
-            &mut o,
-            tags::SOP_INSTANCE_UID,
-            VR::UI,
-            study.instance_uid("PT", index),
-        );
+        put(&mut o, tags::SOP_INSTANCE_UID, VR::UI, study.instance_uid("PT", index));
         put(&mut o, tags::INSTANCE_NUMBER, VR::IS, index.to_string());
         put(&mut o, tags::IMAGE_INDEX, VR::US, index as u16);
         put_geometry(&mut o, g, k);
         let slice = &ph.pet_suv[k * n..(k + 1) * n];
         let max_unit = slice.iter().fold(0f32, |m, &v| m.max(v)) as f64 * unit_per_suv;
         // Per-slice slope: the slice maximum maps to 32767, as scanners do.
-        let slope = if max_unit > 0.0 {
-            ds_value(max_unit / 32767.0)
-        } else {
-            1.0
-        };
+        let slope = if max_unit > 0.0 { ds_value(max_unit / 32767.0) } else { 1.0 };
         put(&mut o, tags::RESCALE_SLOPE, VR::DS, ds(slope));
         let scale = unit_per_suv / slope;
         let mut bytes = Vec::with_capacity(2 * n);
@@ -834,15 +553,7 @@ mod tests {
 
     #[test]
     fn ds_fits_and_round_trips_closely() {
-        for v in [
-            78.4,
-            312_400_000.0,
-            6586.2,
-            0.000_123_456_789_123,
-            1.0 / 3.0,
-            -1024.0,
-            12_345.678_901_234,
-        ] {
+        for v in [78.4, 312_400_000.0, 6586.2, 0.000_123_456_789_123, 1.0 / 3.0, -1024.0, 12_345.678_901_234] {
             let s = ds(v);
             assert!(s.len() <= 16, "{s}");
             let back: f64 = s.parse().expect("parse");

@@ -82,8 +82,7 @@ impl Grid {
     }
     /// Centre of the grid in mm.
     pub fn centre_mm(&self) -> [f64; 3] {
-        [0, 1, 2]
-            .map(|a| self.origin_mm[a] + 0.5 * (self.dims[a] as f64 - 1.0) * self.spacing_mm[a])
+        [0, 1, 2].map(|a| self.origin_mm[a] + 0.5 * (self.dims[a] as f64 - 1.0) * self.spacing_mm[a])
     }
 }
 
@@ -93,11 +92,7 @@ const FOV_CENTRE_Y_MM: f64 = 15.0;
 
 /// The CT grid of a profile. The axial range follows the patient's height: it ends below the
 /// bladder, so a tall patient loses the top of the head (as in a skull-base-to-thigh scan).
-pub fn ct_grid(
-    profile: Profile,
-    patient: &Patient,
-    slices: Option<usize>,
-) -> Result<Grid, PhantomError> {
+pub fn ct_grid(profile: Profile, patient: &Patient, slices: Option<usize>) -> Result<Grid, PhantomError> {
     let (n_xy, fov_mm, dz, default_nz, bottom_h) = match profile {
         Profile::Wholebody => (512usize, 500.0, 3.0, 300usize, 935.0 * patient.height_scale),
         Profile::Small => (128usize, 500.0, 13.0, 48usize, 930.0 * patient.height_scale),
@@ -134,11 +129,7 @@ pub fn pet_grid(profile: Profile, vendor: Vendor, ct: &Grid) -> Grid {
     Grid {
         dims: [n_xy, n_xy, nz],
         spacing_mm: [d, d, dz],
-        origin_mm: [
-            c[0] - half,
-            c[1] - half,
-            c[2] - 0.5 * (nz as f64 - 1.0) * dz,
-        ],
+        origin_mm: [c[0] - half, c[1] - half, c[2] - 0.5 * (nz as f64 - 1.0) * dz],
     }
 }
 
@@ -148,11 +139,7 @@ mod tests {
 
     #[test]
     fn index_range_and_nearest() {
-        let g = Grid {
-            dims: [10, 10, 5],
-            spacing_mm: [2.0, 2.0, 3.0],
-            origin_mm: [0.0, 0.0, -6.0],
-        };
+        let g = Grid { dims: [10, 10, 5], spacing_mm: [2.0, 2.0, 3.0], origin_mm: [0.0, 0.0, -6.0] };
         assert_eq!(g.index_range(0, 1.0, 5.0), 1..3);
         assert_eq!(g.index_range(2, -100.0, 100.0), 0..5);
         assert_eq!(g.index_range(0, 50.0, 60.0), 10..10);

@@ -62,20 +62,13 @@ pub struct Lesion {
 impl Lesion {
     /// Radius of a sphere around the design centre that contains the whole lesion.
     pub fn bound_mm(&self) -> f64 {
-        self.lobes
-            .iter()
-            .map(|(c, r)| dist(*c, self.design_centre_mm) + r)
-            .fold(self.radius_mm, f64::max)
+        self.lobes.iter().map(|(c, r)| dist(*c, self.design_centre_mm) + r).fold(self.radius_mm, f64::max)
     }
 
     /// True SUV at `p` (mm) if `p` is inside the lesion.
     pub fn suv_at(&self, p: [f64; 3]) -> Option<f64> {
         let d_main = dist(p, self.design_centre_mm) / self.radius_mm;
-        let d = self
-            .lobes
-            .iter()
-            .map(|(c, r)| dist(p, *c) / r)
-            .fold(d_main, f64::min);
+        let d = self.lobes.iter().map(|(c, r)| dist(p, *c) / r).fold(d_main, f64::min);
         if d > 1.0 {
             return None;
         }
@@ -90,23 +83,14 @@ impl Lesion {
 
 /// A drawn lesion site: site, location name, confounder, centre (reference space), diameter
 /// range (mm) and the tissue expected at the centre.
-type Candidate = (
-    Site,
-    String,
-    Option<&'static str>,
-    [f64; 3],
-    (f64, f64),
-    Tissue,
-);
+type Candidate = (Site, String, Option<&'static str>, [f64; 3], (f64, f64), Tissue);
 
 pub fn dist(a: [f64; 3], b: [f64; 3]) -> f64 {
     ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
 }
 
 fn label_at(grid: &Grid, labels: &[u8], p: [f64; 3]) -> Tissue {
-    grid.nearest(p)
-        .map(|i| Tissue::from_u8(labels[i]))
-        .unwrap_or(Tissue::Air)
+    grid.nearest(p).map(|i| Tissue::from_u8(labels[i])).unwrap_or(Tissue::Air)
 }
 
 fn inside_ellipsoid_sample(s: &mut Stream, e: &Ellipsoid, shrink: f64) -> [f64; 3] {
@@ -121,14 +105,7 @@ fn inside_ellipsoid_sample(s: &mut Stream, e: &Ellipsoid, shrink: f64) -> [f64; 
 /// Place up to `count` lesions. Each is checked against the anatomy (label at its centre and
 /// around it), the field of view and the other lesions; a lesion too small to hit at least a
 /// few CT voxels is redrawn.
-pub fn place(
-    seed: u64,
-    count: usize,
-    model: &Model,
-    uptake: &Uptake,
-    grid: &Grid,
-    labels: &[u8],
-) -> Vec<Lesion> {
+pub fn place(seed: u64, count: usize, model: &Model, uptake: &Uptake, grid: &Grid, labels: &[u8]) -> Vec<Lesion> {
     let mut s = Stream::new(seed, "lesions");
     let mut out: Vec<Lesion> = Vec::new();
     let lm = &model.landmarks;
@@ -145,160 +122,126 @@ pub fn place(
         let mut placed = None;
         for attempt in 0..400 {
             let site_roll = s.uniform(0.0, 1.0);
-            let (site, location, confound, centre_ref, d_range, tissue): Candidate =
-                if confounder && attempt < 300 {
-                    match s.range_usize(0, 3) {
-                        0 => {
-                            let b = &lm.bladder;
-                            let side = if s.bernoulli(0.5) { -1.0 } else { 1.0 };
-                            let rr = s.uniform(5.0, 12.0);
-                            (
-                                Site::LymphNode,
-                                "perivesical".into(),
-                                Some("bladder"),
-                                [
-                                    b.c[0] + side * (b.r[0] + rr + 3.0),
-                                    b.c[1] + s.uniform(-5.0, 10.0),
-                                    b.c[2] - s.uniform(0.0, 10.0),
-                                ],
-                                (10.0, 24.0),
-                                Tissue::VisceralFat,
-                            )
-                        }
-                        1 => {
-                            let i = s.range_usize(0, lm.kidneys.len());
-                            let k = &lm.kidneys[i];
-                            let side = if k.c[0] < 0.0 { -1.0 } else { 1.0 };
-                            (
-                                Site::SoftTissue,
-                                if side < 0.0 {
-                                    "right_adrenal".into()
-                                } else {
-                                    "left_adrenal".into()
-                                },
-                                Some("kidney"),
-                                [
-                                    k.c[0] - side * 8.0,
-                                    k.c[1] - 6.0,
-                                    k.c[2] - k.r[2] - s.uniform(8.0, 14.0),
-                                ],
-                                (10.0, 26.0),
-                                Tissue::VisceralFat,
-                            )
-                        }
-                        _ => {
-                            let h = &lm.heart_lv;
-                            let dir = [
-                                s.uniform(0.6, 1.0),
-                                s.uniform(0.0, 0.6),
-                                s.uniform(-0.3, 0.3),
-                            ];
-                            let n = (dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]).sqrt();
-                            let off = h.r[0] + s.uniform(10.0, 16.0);
-                            (
-                                Site::Lung,
-                                "left_lower_lobe".into(),
-                                Some("heart"),
-                                [0, 1, 2].map(|a| h.c[a] + dir[a] / n * off),
-                                (8.0, 22.0),
-                                Tissue::Lung,
-                            )
-                        }
+            let (site, location, confound, centre_ref, d_range, tissue): Candidate = if confounder && attempt < 300 {
+                match s.range_usize(0, 3) {
+                    0 => {
+                        let b = &lm.bladder;
+                        let side = if s.bernoulli(0.5) { -1.0 } else { 1.0 };
+                        let rr = s.uniform(5.0, 12.0);
+                        (
+                            Site::LymphNode,
+                            "perivesical".into(),
+                            Some("bladder"),
+                            [
+                                b.c[0] + side * (b.r[0] + rr + 3.0),
+                                b.c[1] + s.uniform(-5.0, 10.0),
+                                b.c[2] - s.uniform(0.0, 10.0),
+                            ],
+                            (10.0, 24.0),
+                            Tissue::VisceralFat,
+                        )
                     }
-                } else if site_roll < 0.22 {
-                    let i = s.range_usize(0, lm.lungs.len());
-                    let side = if i == 0 { "right_lung" } else { "left_lung" };
-                    (
-                        Site::Lung,
-                        side.into(),
-                        None,
-                        inside_ellipsoid_sample(&mut s, &lm.lungs[i], 0.8),
-                        (5.0, 30.0),
-                        Tissue::Lung,
-                    )
-                } else if site_roll < 0.40 {
-                    (
-                        Site::Liver,
-                        "liver".into(),
-                        None,
-                        inside_ellipsoid_sample(&mut s, &lm.liver[0], 0.75),
-                        (8.0, 40.0),
-                        Tissue::Liver,
-                    )
-                } else if site_roll < 0.70 {
-                    let (name, p) = lm.stations[s.range_usize(0, lm.stations.len())];
-                    let j = [0; 3].map(|_| s.normal_clipped(0.0, 4.0));
-                    (
-                        Site::LymphNode,
-                        name.into(),
-                        None,
-                        [p[0] + j[0], p[1] + j[1], p[2] + j[2]],
-                        (8.0, 30.0),
-                        Tissue::VisceralFat,
-                    )
-                } else if site_roll < 0.80 {
-                    let h = s.uniform(300.0, 880.0);
-                    let Some([a, b, yc]) = trunk_frame(h) else {
+                    1 => {
+                        let i = s.range_usize(0, lm.kidneys.len());
+                        let k = &lm.kidneys[i];
+                        let side = if k.c[0] < 0.0 { -1.0 } else { 1.0 };
+                        (
+                            Site::SoftTissue,
+                            if side < 0.0 { "right_adrenal".into() } else { "left_adrenal".into() },
+                            Some("kidney"),
+                            [k.c[0] - side * 8.0, k.c[1] - 6.0, k.c[2] - k.r[2] - s.uniform(8.0, 14.0)],
+                            (10.0, 26.0),
+                            Tissue::VisceralFat,
+                        )
+                    }
+                    _ => {
+                        let h = &lm.heart_lv;
+                        let dir = [s.uniform(0.6, 1.0), s.uniform(0.0, 0.6), s.uniform(-0.3, 0.3)];
+                        let n = (dir[0] * dir[0] + dir[1] * dir[1] + dir[2] * dir[2]).sqrt();
+                        let off = h.r[0] + s.uniform(10.0, 16.0);
+                        (
+                            Site::Lung,
+                            "left_lower_lobe".into(),
+                            Some("heart"),
+                            [0, 1, 2].map(|a| h.c[a] + dir[a] / n * off),
+                            (8.0, 22.0),
+                            Tissue::Lung,
+                        )
+                    }
+                }
+            } else if site_roll < 0.22 {
+                let i = s.range_usize(0, lm.lungs.len());
+                let side = if i == 0 { "right_lung" } else { "left_lung" };
+                (
+                    Site::Lung,
+                    side.into(),
+                    None,
+                    inside_ellipsoid_sample(&mut s, &lm.lungs[i], 0.8),
+                    (5.0, 30.0),
+                    Tissue::Lung,
+                )
+            } else if site_roll < 0.40 {
+                (
+                    Site::Liver,
+                    "liver".into(),
+                    None,
+                    inside_ellipsoid_sample(&mut s, &lm.liver[0], 0.75),
+                    (8.0, 40.0),
+                    Tissue::Liver,
+                )
+            } else if site_roll < 0.70 {
+                let (name, p) = lm.stations[s.range_usize(0, lm.stations.len())];
+                let j = [0; 3].map(|_| s.normal_clipped(0.0, 4.0));
+                (
+                    Site::LymphNode,
+                    name.into(),
+                    None,
+                    [p[0] + j[0], p[1] + j[1], p[2] + j[2]],
+                    (8.0, 30.0),
+                    Tissue::VisceralFat,
+                )
+            } else if site_roll < 0.80 {
+                let h = s.uniform(300.0, 880.0);
+                let Some([a, b, yc]) = trunk_frame(h) else {
+                    continue;
+                };
+                let th = s.uniform(0.0, std::f64::consts::TAU);
+                let off = s.uniform(-10.0, 5.0);
+                (
+                    Site::SoftTissue,
+                    "chest_or_abdominal_wall".into(),
+                    None,
+                    [(a + off) * th.sin(), yc + (b + off) * th.cos(), h],
+                    (8.0, 35.0),
+                    Tissue::Muscle,
+                )
+            } else {
+                let roll = s.uniform(0.0, 1.0);
+                let (name, c, max_r): (String, [f64; 3], f64) = if roll < 0.6 && !lm.vertebrae.is_empty() {
+                    let i = s.range_usize(7, lm.vertebrae.len());
+                    let (c, rx, _) = lm.vertebrae[i];
+                    let name = if i < 19 { format!("T{}", i - 6) } else { format!("L{}", i - 18) };
+                    (name, c, rx)
+                } else if roll < 0.85 && !lm.iliac_points.is_empty() {
+                    let i = s.range_usize(0, lm.iliac_points.len());
+                    (if i == 0 { "right_ilium".into() } else { "left_ilium".into() }, lm.iliac_points[i], 14.0)
+                } else {
+                    let i = s.range_usize(0, lm.femoral_heads.len().max(1));
+                    let Some(&(c, r)) = lm.femoral_heads.get(i) else {
                         continue;
                     };
-                    let th = s.uniform(0.0, std::f64::consts::TAU);
-                    let off = s.uniform(-10.0, 5.0);
-                    (
-                        Site::SoftTissue,
-                        "chest_or_abdominal_wall".into(),
-                        None,
-                        [(a + off) * th.sin(), yc + (b + off) * th.cos(), h],
-                        (8.0, 35.0),
-                        Tissue::Muscle,
-                    )
-                } else {
-                    let roll = s.uniform(0.0, 1.0);
-                    let (name, c, max_r): (String, [f64; 3], f64) =
-                        if roll < 0.6 && !lm.vertebrae.is_empty() {
-                            let i = s.range_usize(7, lm.vertebrae.len());
-                            let (c, rx, _) = lm.vertebrae[i];
-                            let name = if i < 19 {
-                                format!("T{}", i - 6)
-                            } else {
-                                format!("L{}", i - 18)
-                            };
-                            (name, c, rx)
-                        } else if roll < 0.85 && !lm.iliac_points.is_empty() {
-                            let i = s.range_usize(0, lm.iliac_points.len());
-                            (
-                                if i == 0 {
-                                    "right_ilium".into()
-                                } else {
-                                    "left_ilium".into()
-                                },
-                                lm.iliac_points[i],
-                                14.0,
-                            )
-                        } else {
-                            let i = s.range_usize(0, lm.femoral_heads.len().max(1));
-                            let Some(&(c, r)) = lm.femoral_heads.get(i) else {
-                                continue;
-                            };
-                            (
-                                if i == 0 {
-                                    "right_femoral_head".into()
-                                } else {
-                                    "left_femoral_head".into()
-                                },
-                                c,
-                                r,
-                            )
-                        };
-                    let j = [0; 3].map(|_| s.normal_clipped(0.0, 2.0));
-                    (
-                        Site::Bone,
-                        name,
-                        None,
-                        [c[0] + j[0], c[1] + j[1], c[2] + j[2]],
-                        (8.0, (2.0 * max_r).min(30.0)),
-                        Tissue::RedMarrow,
-                    )
+                    (if i == 0 { "right_femoral_head".into() } else { "left_femoral_head".into() }, c, r)
                 };
+                let j = [0; 3].map(|_| s.normal_clipped(0.0, 2.0));
+                (
+                    Site::Bone,
+                    name,
+                    None,
+                    [c[0] + j[0], c[1] + j[1], c[2] + j[2]],
+                    (8.0, (2.0 * max_r).min(30.0)),
+                    Tissue::RedMarrow,
+                )
+            };
             let centre = model.to_patient(centre_ref);
             let d_hi = d_range.1.max(min_d + 1.0).min(40.0);
             let d_lo = d_range.0.max(min_d).min(d_hi);
@@ -324,21 +267,13 @@ pub fn place(
             let ct_effect = match site {
                 Site::Bone => {
                     if s.bernoulli(0.6) {
-                        CtEffect::Lytic {
-                            hu: s.uniform(20.0, 45.0) as f32,
-                        }
+                        CtEffect::Lytic { hu: s.uniform(20.0, 45.0) as f32 }
                     } else {
-                        CtEffect::Sclerotic {
-                            hu: s.uniform(550.0, 900.0) as f32,
-                        }
+                        CtEffect::Sclerotic { hu: s.uniform(550.0, 900.0) as f32 }
                     }
                 }
-                Site::Liver => CtEffect::SoftTissue {
-                    hu: s.uniform(25.0, 42.0) as f32,
-                },
-                _ => CtEffect::SoftTissue {
-                    hu: s.uniform(30.0, 48.0) as f32,
-                },
+                Site::Liver => CtEffect::SoftTissue { hu: s.uniform(25.0, 42.0) as f32 },
+                _ => CtEffect::SoftTissue { hu: s.uniform(30.0, 48.0) as f32 },
             };
             let lesion = Lesion {
                 id: (out.len() + 1) as u8,
@@ -367,39 +302,22 @@ pub fn place(
     out
 }
 
-fn acceptable(
-    l: &Lesion,
-    tissue: Tissue,
-    grid: &Grid,
-    labels: &[u8],
-    others: &[Lesion],
-    z_lo: f64,
-    z_hi: f64,
-) -> bool {
+fn acceptable(l: &Lesion, tissue: Tissue, grid: &Grid, labels: &[u8], others: &[Lesion], z_lo: f64, z_hi: f64) -> bool {
     let c = l.design_centre_mm;
     let b = l.bound_mm();
     if c[2] - b < z_lo || c[2] + b > z_hi {
         return false;
     }
-    if others
-        .iter()
-        .any(|o| dist(o.design_centre_mm, c) < o.bound_mm() + b + 3.0)
-    {
+    if others.iter().any(|o| dist(o.design_centre_mm, c) < o.bound_mm() + b + 3.0) {
         return false;
     }
     let at = label_at(grid, labels, c);
     let ok_centre = match l.site {
         Site::Lung => at == Tissue::Lung,
         Site::Liver => at == Tissue::Liver,
-        Site::Bone => matches!(
-            at,
-            Tissue::RedMarrow | Tissue::CorticalBone | Tissue::YellowMarrow
-        ),
+        Site::Bone => matches!(at, Tissue::RedMarrow | Tissue::CorticalBone | Tissue::YellowMarrow),
         Site::SoftTissue => matches!(at, Tissue::Muscle | Tissue::Fat | Tissue::VisceralFat),
-        Site::LymphNode => matches!(
-            at,
-            Tissue::VisceralFat | Tissue::Fat | Tissue::Muscle | Tissue::Bowel
-        ),
+        Site::LymphNode => matches!(at, Tissue::VisceralFat | Tissue::Fat | Tissue::Muscle | Tissue::Bowel),
     };
     if !ok_centre {
         return false;
@@ -407,17 +325,10 @@ fn acceptable(
     // Most of the lesion should sit in the intended tissue (lung and liver lesions).
     if matches!(l.site, Site::Lung | Site::Liver) && l.confounder.is_none() {
         let r = l.radius_mm * 0.8;
-        let hits = [
-            [r, 0.0, 0.0],
-            [-r, 0.0, 0.0],
-            [0.0, r, 0.0],
-            [0.0, -r, 0.0],
-            [0.0, 0.0, r],
-            [0.0, 0.0, -r],
-        ]
-        .iter()
-        .filter(|o| label_at(grid, labels, [c[0] + o[0], c[1] + o[1], c[2] + o[2]]) == tissue)
-        .count();
+        let hits = [[r, 0.0, 0.0], [-r, 0.0, 0.0], [0.0, r, 0.0], [0.0, -r, 0.0], [0.0, 0.0, r], [0.0, 0.0, -r]]
+            .iter()
+            .filter(|o| label_at(grid, labels, [c[0] + o[0], c[1] + o[1], c[2] + o[2]]) == tissue)
+            .count();
         if hits < 5 {
             return false;
         }
@@ -503,9 +414,7 @@ mod tests {
         let l = lesion(false);
         assert_eq!(l.suv_at([0.0, 0.0, 0.0]), Some(10.0));
         assert!(
-            (l.suv_at([10.0, 0.0, 0.0]).expect("inside lobe")
-                - 10.0 * (1.0 - 0.3 * (2.0f64 / 6.0).powi(2)))
-            .abs()
+            (l.suv_at([10.0, 0.0, 0.0]).expect("inside lobe") - 10.0 * (1.0 - 0.3 * (2.0f64 / 6.0).powi(2))).abs()
                 < 1e-12
         );
         assert_eq!(l.suv_at([0.0, 10.5, 0.0]), None);

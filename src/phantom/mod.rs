@@ -71,11 +71,7 @@ impl std::str::FromStr for Misalign {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let values: Vec<f64> = s
             .split(',')
-            .map(|v| {
-                v.trim()
-                    .parse::<f64>()
-                    .map_err(|e| format!("misalign value {v:?}: {e}"))
-            })
+            .map(|v| v.trim().parse::<f64>().map_err(|e| format!("misalign value {v:?}: {e}")))
             .collect::<Result<_, _>>()?;
         let [tx_mm, ty_mm, tz_mm, rx_deg, ry_deg, rz_deg] = values[..] else {
             return Err(format!(
@@ -91,24 +87,13 @@ impl std::str::FromStr for Misalign {
         {
             return Err("misalign limited to 100 mm and 45 degrees per axis".into());
         }
-        Ok(Misalign {
-            tx_mm,
-            ty_mm,
-            tz_mm,
-            rx_deg,
-            ry_deg,
-            rz_deg,
-        })
+        Ok(Misalign { tx_mm, ty_mm, tz_mm, rx_deg, ry_deg, rz_deg })
     }
 }
 
 impl std::fmt::Display for Misalign {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{},{},{},{},{},{}",
-            self.tx_mm, self.ty_mm, self.tz_mm, self.rx_deg, self.ry_deg, self.rz_deg
-        )
+        write!(f, "{},{},{},{},{},{}", self.tx_mm, self.ty_mm, self.tz_mm, self.rx_deg, self.ry_deg, self.rz_deg)
     }
 }
 
@@ -257,11 +242,7 @@ impl PhantomError {
 
     fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> PhantomError {
         let path = path.to_path_buf();
-        move |source| PhantomError::Io {
-            action,
-            path,
-            source,
-        }
+        move |source| PhantomError::Io { action, path, source }
     }
 }
 
@@ -307,42 +288,18 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
     let lesion_count = if options.normal {
         0
     } else {
-        options
-            .lesions
-            .unwrap_or_else(|| rng::Stream::new(options.seed, "lesion-count").range_usize(4, 13))
+        options.lesions.unwrap_or_else(|| rng::Stream::new(options.seed, "lesion-count").range_usize(4, 13))
     };
     let uptake = pet::Uptake::from_patient(options.seed);
-    let lesion_set = lesions::place(
-        options.seed,
-        lesion_count,
-        &model,
-        &uptake,
-        &ct_grid,
-        &labels,
-    );
+    let lesion_set = lesions::place(options.seed, lesion_count, &model, &uptake, &ct_grid, &labels);
     let (lesion_ids, lesion_voxels) = lesions::rasterize(&lesion_set, &ct_grid);
     let true_suv = pet::true_suv(&uptake, &model, &ct_grid, &labels, &lesion_ids, &lesion_set);
     let ct_stored = ct::synthesize(options.seed, &ct_grid, &labels, &lesion_ids, &lesion_set);
     let motion = pet::RigidTransform::from_misalign(options.misalign, &ct_grid);
-    let pet_suv = pet::forward(
-        options.seed,
-        patient.weight_kg,
-        &ct_grid,
-        &pet_grid,
-        &true_suv,
-        &motion,
-    );
+    let pet_suv = pet::forward(options.seed, patient.weight_kg, &ct_grid, &pet_grid, &true_suv, &motion);
     let study = dicom::StudyInfo::new(options, &patient, &ct_grid, &pet_grid);
     let observed = truth::observe(&lesion_voxels, &ct_grid, &true_suv);
-    let readers = truth::readers(
-        options.seed,
-        &lesion_set,
-        &lesion_voxels,
-        &observed,
-        &ct_grid,
-        &labels,
-        &lesion_ids,
-    );
+    let readers = truth::readers(options.seed, &lesion_set, &lesion_voxels, &observed, &ct_grid, &labels, &lesion_ids);
     let truth = truth::build_truth(
         options,
         &patient,
@@ -359,11 +316,7 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
         lesion_count,
     );
     let liver = model.landmarks.liver.first().map(|e| model.to_patient(e.c));
-    let kidney = model
-        .landmarks
-        .kidneys
-        .first()
-        .map(|e| model.to_patient(e.c));
+    let kidney = model.landmarks.kidneys.first().map(|e| model.to_patient(e.c));
     Ok(Phantom {
         options: options.clone(),
         patient,
@@ -381,33 +334,21 @@ pub fn build(options: &PhantomOptions) -> Result<Phantom, PhantomError> {
         // A third of the way from the kidney to the liver centre: kidneys, liver, spleen,
         // bowel and spine in one slice.
         model_liver_z: liver.zip(kidney).map(|(l, k)| k[2] + (l[2] - k[2]) / 3.0),
-        coronal_y_mm: model
-            .landmarks
-            .kidneys
-            .first()
-            .map(|k| model.to_patient(k.c)[1])
-            .unwrap_or(0.0),
+        coronal_y_mm: model.landmarks.kidneys.first().map(|k| model.to_patient(k.c)[1]).unwrap_or(0.0),
     })
 }
 
 fn validate(options: &PhantomOptions) -> Result<(), PhantomError> {
     if options.normal && options.lesions.is_some_and(|n| n > 0) {
-        return Err(PhantomError::InvalidOptions(
-            "--normal and --lesions N (N > 0) contradict each other".into(),
-        ));
+        return Err(PhantomError::InvalidOptions("--normal and --lesions N (N > 0) contradict each other".into()));
     }
     if options.lesions.is_some_and(|n| n > lesions::MAX_LESIONS) {
-        return Err(PhantomError::InvalidOptions(format!(
-            "at most {} lesions",
-            lesions::MAX_LESIONS
-        )));
+        return Err(PhantomError::InvalidOptions(format!("at most {} lesions", lesions::MAX_LESIONS)));
     }
     if let Some(n) = options.ct_slices
         && !(8..=1000).contains(&n)
     {
-        return Err(PhantomError::InvalidOptions(format!(
-            "CT slices must be 8..=1000, got {n}"
-        )));
+        return Err(PhantomError::InvalidOptions(format!("CT slices must be 8..=1000, got {n}")));
     }
     Ok(())
 }

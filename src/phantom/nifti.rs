@@ -51,40 +51,19 @@ pub fn ras_affine(g: &Grid) -> [[f64; 4]; 3] {
 
 fn header<T: NiftiType>(g: &Grid, description: &str) -> Vec<u8> {
     let mut h = vec![0u8; 352];
-    let put_i32 =
-        |h: &mut Vec<u8>, off: usize, v: i32| h[off..off + 4].copy_from_slice(&v.to_le_bytes());
-    let put_i16 =
-        |h: &mut Vec<u8>, off: usize, v: i16| h[off..off + 2].copy_from_slice(&v.to_le_bytes());
-    let put_f32 =
-        |h: &mut Vec<u8>, off: usize, v: f32| h[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let put_i32 = |h: &mut Vec<u8>, off: usize, v: i32| h[off..off + 4].copy_from_slice(&v.to_le_bytes());
+    let put_i16 = |h: &mut Vec<u8>, off: usize, v: i16| h[off..off + 2].copy_from_slice(&v.to_le_bytes());
+    let put_f32 = |h: &mut Vec<u8>, off: usize, v: f32| h[off..off + 4].copy_from_slice(&v.to_le_bytes());
     put_i32(&mut h, 0, 348);
     h[38] = b'r';
-    let dims = [
-        3i16,
-        g.nx() as i16,
-        g.ny() as i16,
-        g.nz() as i16,
-        1,
-        1,
-        1,
-        1,
-    ];
+    let dims = [3i16, g.nx() as i16, g.ny() as i16, g.nz() as i16, 1, 1, 1, 1];
     for (i, d) in dims.iter().enumerate() {
         put_i16(&mut h, 40 + 2 * i, *d);
     }
     put_i16(&mut h, 70, T::DATATYPE);
     put_i16(&mut h, 72, T::BITPIX);
     // pixdim[0] = qfac = 1 (right-handed after the RAS flip: diag(-1, -1, 1) has det +1).
-    let pixdim = [
-        1.0f32,
-        g.spacing_mm[0] as f32,
-        g.spacing_mm[1] as f32,
-        g.spacing_mm[2] as f32,
-        0.0,
-        0.0,
-        0.0,
-        0.0,
-    ];
+    let pixdim = [1.0f32, g.spacing_mm[0] as f32, g.spacing_mm[1] as f32, g.spacing_mm[2] as f32, 0.0, 0.0, 0.0, 0.0];
     for (i, p) in pixdim.iter().enumerate() {
         put_f32(&mut h, 76 + 4 * i, *p);
     }
@@ -114,12 +93,7 @@ fn header<T: NiftiType>(g: &Grid, description: &str) -> Vec<u8> {
 }
 
 /// Write `data` (on `g`, `(z, y, x)`) to `path` as gzip-compressed NIfTI-1.
-pub fn write<T: NiftiType>(
-    path: &Path,
-    g: &Grid,
-    data: &[T],
-    description: &str,
-) -> Result<(), PhantomError> {
+pub fn write<T: NiftiType>(path: &Path, g: &Grid, data: &[T], description: &str) -> Result<(), PhantomError> {
     let slab = 16usize;
     let n = g.slice_len() * slab;
     let mut members: Vec<Vec<u8>> = data
@@ -134,16 +108,9 @@ pub fn write<T: NiftiType>(
         .collect::<std::io::Result<_>>()
         .map_err(PhantomError::io("compressing", path))?;
     let mut enc = GzEncoder::new(Vec::new(), Compression::fast());
-    enc.write_all(&header::<T>(g, description))
-        .map_err(PhantomError::io("compressing", path))?;
-    members.insert(
-        0,
-        enc.finish()
-            .map_err(PhantomError::io("compressing", path))?,
-    );
-    let mut f = std::io::BufWriter::new(
-        std::fs::File::create(path).map_err(PhantomError::io("creating", path))?,
-    );
+    enc.write_all(&header::<T>(g, description)).map_err(PhantomError::io("compressing", path))?;
+    members.insert(0, enc.finish().map_err(PhantomError::io("compressing", path))?);
+    let mut f = std::io::BufWriter::new(std::fs::File::create(path).map_err(PhantomError::io("creating", path))?);
     for m in &members {
         f.write_all(m).map_err(PhantomError::io("writing", path))?;
     }
@@ -158,20 +125,14 @@ mod tests {
 
     #[test]
     fn header_layout_and_round_trip() {
-        let g = Grid {
-            dims: [3, 4, 40],
-            spacing_mm: [1.5, 2.0, 3.0],
-            origin_mm: [-10.0, 5.0, -100.0],
-        };
+        let g = Grid { dims: [3, 4, 40], spacing_mm: [1.5, 2.0, 3.0], origin_mm: [-10.0, 5.0, -100.0] };
         let data: Vec<u8> = (0..g.len()).map(|i| (i % 251) as u8).collect();
         let dir = std::env::temp_dir().join(format!("phantom-nifti-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("dir");
         let p = dir.join("t.nii.gz");
         write(&p, &g, &data, "test").expect("write");
         let mut bytes = Vec::new();
-        MultiGzDecoder::new(std::fs::File::open(&p).expect("open"))
-            .read_to_end(&mut bytes)
-            .expect("gunzip");
+        MultiGzDecoder::new(std::fs::File::open(&p).expect("open")).read_to_end(&mut bytes).expect("gunzip");
         assert_eq!(bytes.len(), 352 + data.len());
         assert_eq!(i32::from_le_bytes(bytes[0..4].try_into().expect("4")), 348);
         assert_eq!(&bytes[344..348], b"n+1\0");

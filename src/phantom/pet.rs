@@ -27,9 +27,7 @@ impl Uptake {
         let mut suv = [0.0; 28];
         for t in Tissue::ALL {
             let (lo, hi) = match t {
-                Tissue::Air | Tissue::Gas | Tissue::Airway | Tissue::Table | Tissue::TableFoam => {
-                    (0.0, 0.0)
-                }
+                Tissue::Air | Tissue::Gas | Tissue::Airway | Tissue::Table | Tissue::TableFoam => (0.0, 0.0),
                 Tissue::Skin => (0.6, 0.9),
                 Tissue::Fat => (0.2, 0.4),
                 Tissue::Muscle => (0.55, 0.85),
@@ -70,10 +68,7 @@ impl Uptake {
 
     /// (tissue name, SUV) for every tissue, for truth.json.
     pub fn table(&self) -> Vec<(&'static str, f64)> {
-        Tissue::ALL
-            .iter()
-            .map(|&t| (t.name(), self.suv_of(t)))
-            .collect()
+        Tissue::ALL.iter().map(|&t| (t.name(), self.suv_of(t))).collect()
     }
 }
 
@@ -87,20 +82,15 @@ pub fn true_suv(
     lesion_ids: &[u8],
     lesions: &[Lesion],
 ) -> Vec<f32> {
-    let lut: Vec<f32> = (0..=255u8)
-        .map(|v| uptake.suv_of(Tissue::from_u8(v)) as f32)
-        .collect();
+    let lut: Vec<f32> = (0..=255u8).map(|v| uptake.suv_of(Tissue::from_u8(v)) as f32).collect();
     let bowel = Tissue::Bowel as u8;
     let threshold = 2.0 * model.patient.visceral_fat_fraction - 1.0;
     let sl = model.patient.lean_scale;
     let sv = model.patient.height_scale;
     let mut out = vec![0f32; grid.len()];
     let n = grid.slice_len();
-    out.par_chunks_mut(n)
-        .zip(labels.par_chunks(n))
-        .zip(lesion_ids.par_chunks(n))
-        .enumerate()
-        .for_each(|(k, ((o, lab), les))| {
+    out.par_chunks_mut(n).zip(labels.par_chunks(n)).zip(lesion_ids.par_chunks(n)).enumerate().for_each(
+        |(k, ((o, lab), les))| {
             let z = grid.z_mm(k);
             for (idx, ((o, &l), &id)) in o.iter_mut().zip(lab).zip(les).enumerate() {
                 if id != 0 {
@@ -115,7 +105,8 @@ pub fn true_suv(
                     *o = lut[l as usize];
                 }
             }
-        });
+        },
+    );
     out
 }
 
@@ -158,9 +149,7 @@ impl RigidTransform {
         let c = self.centre_mm;
         let d = [p[0] - c[0], p[1] - c[1], p[2] - c[2]];
         let r = &self.rotation;
-        [0, 1, 2].map(|i| {
-            r[i][0] * d[0] + r[i][1] * d[1] + r[i][2] * d[2] + c[i] + self.translation_mm[i]
-        })
+        [0, 1, 2].map(|i| r[i][0] * d[0] + r[i][1] * d[1] + r[i][2] * d[2] + c[i] + self.translation_mm[i])
     }
 
     /// The CT-frame point seen at a PET-frame point.
@@ -231,17 +220,10 @@ pub fn blurred_pet(ct: &Grid, pet: &Grid, true_suv: &[f32], motion: &RigidTransf
     // Sample counts per axis: enough to see every CT voxel a PET voxel covers.
     let ns = [0, 1, 2].map(|a| {
         let r = (pet.spacing_mm[a] / ct.spacing_mm[a]).ceil() as usize;
-        if a == 2 {
-            (r + 1).clamp(1, 3)
-        } else {
-            r.clamp(1, 4)
-        }
+        if a == 2 { (r + 1).clamp(1, 3) } else { r.clamp(1, 4) }
     });
-    let offsets: [Vec<f64>; 3] = [0, 1, 2].map(|a| {
-        (0..ns[a])
-            .map(|m| ((m as f64 + 0.5) / ns[a] as f64 - 0.5) * pet.spacing_mm[a])
-            .collect()
-    });
+    let offsets: [Vec<f64>; 3] =
+        [0, 1, 2].map(|a| (0..ns[a]).map(|m| ((m as f64 + 0.5) / ns[a] as f64 - 0.5) * pet.spacing_mm[a]).collect());
     let inv_n = 1.0 / (ns[0] * ns[1] * ns[2]) as f32;
     let n = pet.slice_len();
     if motion.identity {
@@ -251,11 +233,7 @@ pub fn blurred_pet(ct: &Grid, pet: &Grid, true_suv: &[f32], motion: &RigidTransf
             for i in 0..len {
                 for &o in &offsets[a] {
                     let v = ((pos(i) + o - ct.origin_mm[a]) / ct.spacing_mm[a]).round();
-                    t.push(if v >= 0.0 && v < ct.dims[a] as f64 {
-                        v as i64
-                    } else {
-                        -1
-                    });
+                    t.push(if v >= 0.0 && v < ct.dims[a] as f64 { v as i64 } else { -1 });
                 }
             }
             t
@@ -268,8 +246,7 @@ pub fn blurred_pet(ct: &Grid, pet: &Grid, true_suv: &[f32], motion: &RigidTransf
                 if kz < 0 {
                     continue;
                 }
-                let ct_slice =
-                    &true_suv[kz as usize * ct.slice_len()..(kz as usize + 1) * ct.slice_len()];
+                let ct_slice = &true_suv[kz as usize * ct.slice_len()..(kz as usize + 1) * ct.slice_len()];
                 for j in 0..pet.ny() {
                     let row = &mut slice[j * pet.nx()..(j + 1) * pet.nx()];
                     for &jy in &ty[j * ns[1]..(j + 1) * ns[1]] {
@@ -325,12 +302,7 @@ fn add_noise(seed: u64, weight_kg: f64, pet: &Grid, clean: Vec<f32>) -> Vec<f32>
     });
     // Reconstruction correlates noise over neighbouring voxels; keep unit variance after.
     let sigma_n = [0.7, 0.7, 0.6];
-    let norm = 1.0
-        / sigma_n
-            .iter()
-            .map(|&s| kernel(s).iter().map(|w| w * w).sum::<f32>())
-            .product::<f32>()
-            .sqrt();
+    let norm = 1.0 / sigma_n.iter().map(|&s| kernel(s).iter().map(|w| w * w).sum::<f32>()).product::<f32>().sqrt();
     let corr = gaussian_blur(&white, pet.dims, sigma_n);
     let gain = (NOISE_GAIN * weight_kg / 75.0) as f32;
     let floor = NOISE_FLOOR as f32;
@@ -347,9 +319,7 @@ pub fn kernel(sigma: f64) -> Vec<f32> {
         return vec![1.0];
     }
     let r = (3.0 * sigma).ceil().max(1.0) as i64;
-    let w: Vec<f64> = (-r..=r)
-        .map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp())
-        .collect();
+    let w: Vec<f64> = (-r..=r).map(|i| (-(i * i) as f64 / (2.0 * sigma * sigma)).exp()).collect();
     let s: f64 = w.iter().sum();
     w.iter().map(|v| (v / s) as f32).collect()
 }
@@ -364,41 +334,39 @@ pub fn gaussian_blur(data: &[f32], dims: [usize; 3], sigma_vox: [f64; 3]) -> Vec
     let kz = kernel(sigma_vox[2]);
     // x then y within each slice.
     let mut tmp = vec![0f32; data.len()];
-    tmp.par_chunks_mut(n)
-        .zip(data.par_chunks(n))
-        .for_each(|(out, inp)| {
-            let mut rows = vec![0f32; n];
-            let rx = (kx.len() / 2) as isize;
-            for j in 0..ny {
-                let src = &inp[j * nx..(j + 1) * nx];
-                let dst = &mut rows[j * nx..(j + 1) * nx];
-                for (m, &w) in kx.iter().enumerate() {
-                    let off = m as isize - rx;
-                    let (d0, s0, len) = if off >= 0 {
-                        (0usize, off as usize, nx.saturating_sub(off as usize))
-                    } else {
-                        ((-off) as usize, 0usize, nx.saturating_sub((-off) as usize))
-                    };
-                    for (d, s) in dst[d0..d0 + len].iter_mut().zip(&src[s0..s0 + len]) {
-                        *d += w * s;
-                    }
+    tmp.par_chunks_mut(n).zip(data.par_chunks(n)).for_each(|(out, inp)| {
+        let mut rows = vec![0f32; n];
+        let rx = (kx.len() / 2) as isize;
+        for j in 0..ny {
+            let src = &inp[j * nx..(j + 1) * nx];
+            let dst = &mut rows[j * nx..(j + 1) * nx];
+            for (m, &w) in kx.iter().enumerate() {
+                let off = m as isize - rx;
+                let (d0, s0, len) = if off >= 0 {
+                    (0usize, off as usize, nx.saturating_sub(off as usize))
+                } else {
+                    ((-off) as usize, 0usize, nx.saturating_sub((-off) as usize))
+                };
+                for (d, s) in dst[d0..d0 + len].iter_mut().zip(&src[s0..s0 + len]) {
+                    *d += w * s;
                 }
             }
-            let ry = (ky.len() / 2) as isize;
-            for j in 0..ny {
-                let dst = &mut out[j * nx..(j + 1) * nx];
-                for (m, &w) in ky.iter().enumerate() {
-                    let sj = j as isize + m as isize - ry;
-                    if sj < 0 || sj >= ny as isize {
-                        continue;
-                    }
-                    let src = &rows[sj as usize * nx..(sj as usize + 1) * nx];
-                    for (d, s) in dst.iter_mut().zip(src) {
-                        *d += w * s;
-                    }
+        }
+        let ry = (ky.len() / 2) as isize;
+        for j in 0..ny {
+            let dst = &mut out[j * nx..(j + 1) * nx];
+            for (m, &w) in ky.iter().enumerate() {
+                let sj = j as isize + m as isize - ry;
+                if sj < 0 || sj >= ny as isize {
+                    continue;
+                }
+                let src = &rows[sj as usize * nx..(sj as usize + 1) * nx];
+                for (d, s) in dst.iter_mut().zip(src) {
+                    *d += w * s;
                 }
             }
-        });
+        }
+    });
     // z across slices.
     let mut out = vec![0f32; data.len()];
     let rz = (kz.len() / 2) as isize;
@@ -443,19 +411,8 @@ mod tests {
 
     #[test]
     fn rigid_transform_round_trips() {
-        let g = Grid {
-            dims: [10, 10, 10],
-            spacing_mm: [1.0; 3],
-            origin_mm: [0.0; 3],
-        };
-        let m = Misalign {
-            tx_mm: 5.0,
-            ty_mm: -3.0,
-            tz_mm: 2.0,
-            rx_deg: 3.0,
-            ry_deg: -2.0,
-            rz_deg: 4.0,
-        };
+        let g = Grid { dims: [10, 10, 10], spacing_mm: [1.0; 3], origin_mm: [0.0; 3] };
+        let m = Misalign { tx_mm: 5.0, ty_mm: -3.0, tz_mm: 2.0, rx_deg: 3.0, ry_deg: -2.0, rz_deg: 4.0 };
         let t = RigidTransform::from_misalign(Some(m), &g);
         let p = [12.0, -7.0, 30.0];
         let q = t.pet_to_ct(t.ct_to_pet(p));

@@ -8,10 +8,7 @@ use super::grid::Grid;
 use super::{Phantom, PhantomError};
 
 fn write_png(path: &Path, width: usize, height: usize, data: &[u8]) -> Result<(), PhantomError> {
-    let err = |e: &dyn std::fmt::Display| PhantomError::Png {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    };
+    let err = |e: &dyn std::fmt::Display| PhantomError::Png { path: path.to_path_buf(), message: e.to_string() };
     let file = std::fs::File::create(path).map_err(PhantomError::io("creating", path))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), width as u32, height as u32);
     enc.set_color(png::ColorType::Grayscale);
@@ -22,13 +19,7 @@ fn write_png(path: &Path, width: usize, height: usize, data: &[u8]) -> Result<()
 }
 
 /// Resample a coronal image given as rows over z (row 0 = most superior) to square pixels.
-fn square_rows(
-    img: &[u8],
-    width: usize,
-    rows: usize,
-    row_mm: f64,
-    col_mm: f64,
-) -> (Vec<u8>, usize) {
+fn square_rows(img: &[u8], width: usize, rows: usize, row_mm: f64, col_mm: f64) -> (Vec<u8>, usize) {
     let height = ((rows as f64 * row_mm / col_mm).round() as usize).max(1);
     let mut out = vec![0u8; width * height];
     for r in 0..height {
@@ -39,12 +30,7 @@ fn square_rows(
 }
 
 /// Coronal MIP of SUV, inverted gray (SUV 0 white, >= `suv_max` black), cropped to `x_range_mm`.
-pub fn pet_mip(
-    pet: &Grid,
-    suv: &[f32],
-    suv_max: f32,
-    x_range_mm: (f64, f64),
-) -> (Vec<u8>, usize, usize) {
+pub fn pet_mip(pet: &Grid, suv: &[f32], suv_max: f32, x_range_mm: (f64, f64)) -> (Vec<u8>, usize, usize) {
     let cols = pet.index_range(0, x_range_mm.0, x_range_mm.1);
     let width = cols.len();
     let rows = pet.nz();
@@ -52,9 +38,7 @@ pub fn pet_mip(
     for r in 0..rows {
         let k = pet.nz() - 1 - r;
         for (c, i) in cols.clone().enumerate() {
-            let m = (0..pet.ny())
-                .map(|j| suv[pet.index(i, j, k)])
-                .fold(0f32, f32::max);
+            let m = (0..pet.ny()).map(|j| suv[pet.index(i, j, k)]).fold(0f32, f32::max);
             img[r * width + c] = 255 - (255.0 * (m / suv_max).clamp(0.0, 1.0)).round() as u8;
         }
     }
@@ -87,18 +71,11 @@ pub fn write_previews(ph: &Phantom, dir: &Path) -> Result<(), PhantomError> {
     let hu = |idx: usize| ph.ct_stored[idx] as f64 + super::ct::RESCALE_INTERCEPT;
     // Axial slice through the liver dome region (or the middle slice if out of range).
     let liver_z = ph.model_liver_z.unwrap_or(ct.centre_mm()[2]);
-    let k = (((liver_z - ct.origin_mm[2]) / ct.spacing_mm[2])
-        .round()
-        .max(0.0) as usize)
-        .min(ct.nz() - 1);
-    let axial: Vec<u8> = (0..ct.slice_len())
-        .map(|p| window(hu(k * ct.slice_len() + p), 40.0, 400.0))
-        .collect();
+    let k = (((liver_z - ct.origin_mm[2]) / ct.spacing_mm[2]).round().max(0.0) as usize).min(ct.nz() - 1);
+    let axial: Vec<u8> = (0..ct.slice_len()).map(|p| window(hu(k * ct.slice_len() + p), 40.0, 400.0)).collect();
     write_png(&dir.join("phantom_ct_axial.png"), ct.nx(), ct.ny(), &axial)?;
     // Coronal slice through the vertebral bodies' front (shows lungs, liver, kidneys, spine).
-    let j = ((ph.coronal_y_mm - ct.origin_mm[1]) / ct.spacing_mm[1])
-        .round()
-        .clamp(0.0, ct.ny() as f64 - 1.0) as usize;
+    let j = ((ph.coronal_y_mm - ct.origin_mm[1]) / ct.spacing_mm[1]).round().clamp(0.0, ct.ny() as f64 - 1.0) as usize;
     let mut cor = vec![0u8; ct.nx() * ct.nz()];
     for r in 0..ct.nz() {
         let k = ct.nz() - 1 - r;

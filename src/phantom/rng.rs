@@ -75,11 +75,7 @@ impl Stream {
     /// A random unit vector.
     pub fn unit_vector(&mut self) -> [f64; 3] {
         loop {
-            let v = [
-                self.uniform(-1.0, 1.0),
-                self.uniform(-1.0, 1.0),
-                self.uniform(-1.0, 1.0),
-            ];
+            let v = [self.uniform(-1.0, 1.0), self.uniform(-1.0, 1.0), self.uniform(-1.0, 1.0)];
             let n = (v[0] * v[0] + v[1] * v[1] + v[2] * v[2]).sqrt();
             if n > 0.1 && n <= 1.0 {
                 return [v[0] / n, v[1] / n, v[2] / n];
@@ -96,9 +92,7 @@ mod tests {
 
     #[test]
     fn streams_are_deterministic_and_independent() {
-        let a: Vec<f64> = (0..4)
-            .map(|_| Stream::new(7, "x").uniform(0.0, 1.0))
-            .collect();
+        let a: Vec<f64> = (0..4).map(|_| Stream::new(7, "x").uniform(0.0, 1.0)).collect();
         assert!(a.windows(2).all(|w| w[0] == w[1]));
         let mut s1 = Stream::new(7, "x");
         let mut s2 = Stream::new(7, "y");

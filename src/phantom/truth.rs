@@ -67,12 +67,7 @@ pub fn observe(voxels: &[Vec<usize>], g: &Grid, true_suv: &[f32]) -> Vec<Observe
         .par_iter()
         .map(|list| {
             if list.is_empty() {
-                return Observed {
-                    suv_max: 0.0,
-                    suv_mean: 0.0,
-                    suv_peak: 0.0,
-                    blurred: Vec::new(),
-                };
+                return Observed { suv_max: 0.0, suv_mean: 0.0, suv_peak: 0.0, blurred: Vec::new() };
             }
             let mut lo = [i64::MAX; 3];
             let mut hi = [i64::MIN; 3];
@@ -98,17 +93,10 @@ pub fn observe(voxels: &[Vec<usize>], g: &Grid, true_suv: &[f32]) -> Vec<Observe
                 if (0..3).any(|a| c[a] < b0[a] || c[a] > b1[a]) {
                     return None;
                 }
-                let (i, j, k) = (
-                    (c[0] - b0[0]) as usize,
-                    (c[1] - b0[1]) as usize,
-                    (c[2] - b0[2]) as usize,
-                );
+                let (i, j, k) = ((c[0] - b0[0]) as usize, (c[1] - b0[1]) as usize, (c[2] - b0[2]) as usize);
                 Some(blurred_box[(k * bd[1] + j) * bd[0] + i])
             };
-            let blurred: Vec<f32> = list
-                .iter()
-                .map(|&idx| at(coords(g, idx)).unwrap_or(0.0))
-                .collect();
+            let blurred: Vec<f32> = list.iter().map(|&idx| at(coords(g, idx)).unwrap_or(0.0)).collect();
             let suv_max = blurred.iter().fold(f32::MIN, |m, &v| m.max(v)) as f64;
             let suv_mean = blurred.iter().map(|&v| v as f64).sum::<f64>() / blurred.len() as f64;
             let suv_peak = list
@@ -125,12 +113,7 @@ pub fn observe(voxels: &[Vec<usize>], g: &Grid, true_suv: &[f32]) -> Vec<Observe
                     if n > 0 { s / n as f64 } else { 0.0 }
                 })
                 .fold(f64::MIN, f64::max);
-            Observed {
-                suv_max,
-                suv_mean,
-                suv_peak,
-                blurred,
-            }
+            Observed { suv_max, suv_mean, suv_peak, blurred }
         })
         .collect()
 }
@@ -174,9 +157,7 @@ pub fn readers(
     for ((l, list), obs) in lesions.iter().zip(voxels).zip(observed) {
         let volume_ml = list.len() as f64 * g.voxel_volume_ml();
         let sens = !list.is_empty() && obs.suv_max > 1.02 * l.background_suv;
-        let spec = !list.is_empty()
-            && obs.suv_max >= (2.0 * l.background_suv).max(2.5)
-            && volume_ml >= 0.3;
+        let spec = !list.is_empty() && obs.suv_max >= (2.0 * l.background_suv).max(2.5) && volume_ml >= 0.3;
         marked_sensitive.push(sens);
         marked_specific.push(spec);
         if sens {
@@ -225,10 +206,7 @@ pub fn readers(
                         .then(|| g.index(n[0] as usize, n[1] as usize, n[2] as usize))
                 })
                 .collect();
-            if inside
-                .iter()
-                .any(|&i| lesion_ids[i] != 0 || sensitive[i] != 0)
-            {
+            if inside.iter().any(|&i| lesion_ids[i] != 0 || sensitive[i] != 0) {
                 continue;
             }
             let label = READER_ONLY_LABEL_BASE;
@@ -238,24 +216,14 @@ pub fn readers(
             false_positives.push(ReaderFinding {
                 label,
                 reader: "high_sensitivity",
-                centre_mm: [
-                    g.x_mm(c[0] as usize),
-                    g.y_mm(c[1] as usize),
-                    g.z_mm(c[2] as usize),
-                ],
+                centre_mm: [g.x_mm(c[0] as usize), g.y_mm(c[1] as usize), g.z_mm(c[2] as usize)],
                 volume_ml: inside.len() as f64 * g.voxel_volume_ml(),
                 reason: "physiological bowel uptake read as a lesion",
             });
             break;
         }
     }
-    Readers {
-        sensitive,
-        specific,
-        marked_sensitive,
-        marked_specific,
-        false_positives,
-    }
+    Readers { sensitive, specific, marked_sensitive, marked_specific, false_positives }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -295,12 +263,7 @@ pub struct GridTruth {
 
 impl From<&Grid> for GridTruth {
     fn from(g: &Grid) -> Self {
-        GridTruth {
-            dims: g.dims,
-            spacing_mm: g.spacing_mm,
-            origin_mm: g.origin_mm,
-            ras_affine: nifti::ras_affine(g),
-        }
+        GridTruth { dims: g.dims, spacing_mm: g.spacing_mm, origin_mm: g.origin_mm, ras_affine: nifti::ras_affine(g) }
     }
 }
 
@@ -503,46 +466,16 @@ pub fn build_truth(
 pub fn write_truth_files(ph: &Phantom, dir: &Path) -> Result<PathBuf, PhantomError> {
     let g = &ph.ct_grid;
     let jobs: Vec<Box<dyn Fn() -> Result<(), PhantomError> + Send + Sync>> = vec![
-        Box::new(|| {
-            nifti::write(
-                &dir.join(FILE_LESIONS),
-                g,
-                &ph.lesion_ids,
-                "true lesion labels",
-            )
-        }),
-        Box::new(|| {
-            nifti::write(
-                &dir.join(FILE_SENSITIVE),
-                g,
-                &ph.reader_sensitive,
-                "high-sensitivity reader",
-            )
-        }),
-        Box::new(|| {
-            nifti::write(
-                &dir.join(FILE_SPECIFIC),
-                g,
-                &ph.reader_specific,
-                "high-specificity reader",
-            )
-        }),
+        Box::new(|| nifti::write(&dir.join(FILE_LESIONS), g, &ph.lesion_ids, "true lesion labels")),
+        Box::new(|| nifti::write(&dir.join(FILE_SENSITIVE), g, &ph.reader_sensitive, "high-sensitivity reader")),
+        Box::new(|| nifti::write(&dir.join(FILE_SPECIFIC), g, &ph.reader_specific, "high-specificity reader")),
         Box::new(|| nifti::write(&dir.join(FILE_TISSUES), g, &ph.labels, "tissue labels")),
-        Box::new(|| {
-            nifti::write(
-                &dir.join(FILE_SUV),
-                g,
-                &ph.true_suv,
-                "noiseless unblurred SUVbw",
-            )
-        }),
+        Box::new(|| nifti::write(&dir.join(FILE_SUV), g, &ph.true_suv, "noiseless unblurred SUVbw")),
     ];
     jobs.par_iter().try_for_each(|job| job())?;
     let path = dir.join(FILE_JSON);
-    let json = serde_json::to_vec_pretty(&ph.truth).map_err(|source| PhantomError::Json {
-        path: path.clone(),
-        source,
-    })?;
+    let json =
+        serde_json::to_vec_pretty(&ph.truth).map_err(|source| PhantomError::Json { path: path.clone(), source })?;
     std::fs::write(&path, json).map_err(PhantomError::io("writing", &path))?;
     Ok(path)
 }
@@ -553,11 +486,7 @@ mod tests {
 
     #[test]
     fn ball_has_expected_volume() {
-        let g = Grid {
-            dims: [10, 10, 10],
-            spacing_mm: [0.5, 0.5, 0.5],
-            origin_mm: [0.0; 3],
-        };
+        let g = Grid { dims: [10, 10, 10], spacing_mm: [0.5, 0.5, 0.5], origin_mm: [0.0; 3] };
         let n = ball_offsets(&g, SUV_PEAK_RADIUS_MM).len() as f64;
         let ml = n * g.voxel_volume_ml();
         assert!((ml - 1.0).abs() < 0.03, "{ml}");
@@ -566,11 +495,7 @@ mod tests {
     #[test]
     fn observed_stats_of_uniform_block() {
         // A uniform field: blur changes nothing away from the edges.
-        let g = Grid {
-            dims: [40, 40, 40],
-            spacing_mm: [1.0; 3],
-            origin_mm: [0.0; 3],
-        };
+        let g = Grid { dims: [40, 40, 40], spacing_mm: [1.0; 3], origin_mm: [0.0; 3] };
         let suv = vec![2.0f32; g.len()];
         let list: Vec<usize> = (18..22)
             .flat_map(|k| (18..22).flat_map(move |j| (18..22).map(move |i| (i, j, k))))
