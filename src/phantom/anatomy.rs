@@ -44,10 +44,11 @@ pub enum Tissue {
     Airway,
     Table,
     TableFoam,
+    Breast,
 }
 
 impl Tissue {
-    pub const ALL: [Tissue; 28] = [
+    pub const ALL: [Tissue; 29] = [
         Tissue::Air,
         Tissue::Skin,
         Tissue::Fat,
@@ -76,6 +77,7 @@ impl Tissue {
         Tissue::Airway,
         Tissue::Table,
         Tissue::TableFoam,
+        Tissue::Breast,
     ];
 
     pub fn from_u8(v: u8) -> Tissue {
@@ -112,6 +114,7 @@ impl Tissue {
             Tissue::Airway => "airway",
             Tissue::Table => "table",
             Tissue::TableFoam => "table_foam",
+            Tissue::Breast => "breast_glandular",
         }
     }
 
@@ -144,6 +147,7 @@ impl Tissue {
             Tissue::Gland => 38.0,
             Tissue::Table => 250.0,
             Tissue::TableFoam => -880.0,
+            Tissue::Breast => 30.0,
         }
     }
 
@@ -670,6 +674,24 @@ impl Model {
                 label,
                 Tissue::Muscle.bit(),
             );
+        }
+        // Breasts of female patients: a fat envelope on the anterior chest with glandular
+        // tissue inside, grown with the subcutaneous fat.
+        if p.sex == Sex::Female {
+            let mut bs = Stream::new(patient.seed, "breasts");
+            let size = bs.uniform(0.8, 1.2) * (0.8 + fat / 60.0);
+            let [_, bb, yc] = interp(&TRUNK, 430.0);
+            for side in [-1.0, 1.0] {
+                let c = [side * 72.0, yc - bb - fat * 1.1 + 8.0, 440.0];
+                let env = Ellipsoid::new(c, [62.0 * size, 42.0 * size, 58.0 * size]);
+                b.push(env.grow(2.0), Tissue::Skin, Tissue::Air.bit());
+                b.push(env, Tissue::Fat, Tissue::Skin.bit() | Tissue::Air.bit());
+                b.push(
+                    Ellipsoid::new([c[0], c[1] - 4.0, c[2]], env.r.map(|r| r * 0.55)),
+                    Tissue::Breast,
+                    Tissue::Fat.bit(),
+                );
+            }
         }
         let cavity = Tissue::VisceralFat.bit() | Tissue::Bowel.bit();
 

@@ -18,13 +18,13 @@ const FWHM_TO_SIGMA: f64 = 1.0 / 2.354_820_045_030_949;
 /// Physiological SUV per tissue for one patient.
 #[derive(Debug, Clone, Serialize)]
 pub struct Uptake {
-    suv: [f64; 28],
+    suv: [f64; 29],
 }
 
 impl Uptake {
     pub fn from_patient(seed: u64) -> Uptake {
         let mut s = Stream::new(seed, "uptake");
-        let mut suv = [0.0; 28];
+        let mut suv = [0.0; 29];
         for t in Tissue::ALL {
             let (lo, hi) = match t {
                 Tissue::Air | Tissue::Gas | Tissue::Airway | Tissue::Table | Tissue::TableFoam => {
@@ -53,6 +53,7 @@ impl Uptake {
                 Tissue::Cartilage => (0.5, 0.8),
                 Tissue::Stomach => (1.4, 2.6),
                 Tissue::Gland => (2.0, 4.0),
+                Tissue::Breast => (0.8, 1.6),
             };
             suv[t as usize] = if matches!(t, Tissue::Myocardium | Tissue::Bladder) {
                 // Wide physiological ranges: spread evenly over the scale.
