@@ -471,12 +471,15 @@ impl<F: Fn([f64; 3]) -> bool + Send + Sync> Solid for Custom<F> {
     }
 }
 
+/// Per rib: level h at the spine, anterior drop, and two angles (meaning depends on use).
+type RibParams = (f64, f64, f64, f64);
+
 /// All ribs of one part (bone, marrow or cartilage): rings following the inside of the chest
 /// wall, each at its own level and sloping down anteriorly. One solid for all ribs so the
 /// ring geometry is computed once per voxel, and only near the ring.
 struct RibCage {
     /// (level h at the spine, anterior drop, theta range) per rib; theta 0 = posterior.
-    ribs: Vec<(f64, f64, f64, f64)>,
+    ribs: Vec<RibParams>,
     /// Depth range inside the ring (mm) and half height of the rib (mm).
     radial: (f64, f64),
     half_h: f64,
@@ -1327,7 +1330,7 @@ impl Model {
         // Ribs: rings that follow the inside of the chest wall, sloping down anteriorly.
         let rib_levels: Vec<f64> = levels[7..19].iter().map(|l| l.1 + l.2 / 2.0).collect();
         // (level, drop, theta where bone ends, theta where cartilage ends) per rib.
-        let rib_params: Vec<(f64, f64, f64, f64)> = rib_levels
+        let rib_params: Vec<RibParams> = rib_levels
             .iter()
             .enumerate()
             .map(|(k, &hk)| {
@@ -1345,7 +1348,7 @@ impl Model {
                 (hk, 70.0 + 3.0 * k as f64, theta_bone, theta_cart)
             })
             .collect();
-        let cage = |lo: f64, end: &dyn Fn(&(f64, f64, f64, f64)) -> (f64, f64)| {
+        let cage = |lo: f64, end: &dyn Fn(&RibParams) -> (f64, f64)| {
             rib_params
                 .iter()
                 .map(|r| {
