@@ -44,10 +44,11 @@ pub enum Tissue {
     Airway,
     Table,
     TableFoam,
+    Breast,
 }
 
 impl Tissue {
-    pub const ALL: [Tissue; 28] = [
+    pub const ALL: [Tissue; 29] = [
         Tissue::Air,
         Tissue::Skin,
         Tissue::Fat,
@@ -76,6 +77,7 @@ impl Tissue {
         Tissue::Airway,
         Tissue::Table,
         Tissue::TableFoam,
+        Tissue::Breast,
     ];
 
     pub fn from_u8(v: u8) -> Tissue {
@@ -112,6 +114,7 @@ impl Tissue {
             Tissue::Airway => "airway",
             Tissue::Table => "table",
             Tissue::TableFoam => "table_foam",
+            Tissue::Breast => "breast_glandular",
         }
     }
 
@@ -144,6 +147,7 @@ impl Tissue {
             Tissue::Gland => 38.0,
             Tissue::Table => 250.0,
             Tissue::TableFoam => -880.0,
+            Tissue::Breast => 30.0,
         }
     }
 
@@ -233,6 +237,8 @@ impl Patient {
 /// A row fill hint: the row's interval in reference x, nothing, or test each voxel.
 enum Span {
     Interval(f64, f64),
+    /// Test each voxel, but only inside these two intervals of reference x.
+    Pair([f64; 4]),
     Empty,
     Test,
 }
@@ -360,12 +366,23 @@ impl Solid for Capsule {
     fn h_range(&self) -> (f64, f64) {
         (self.a[2].min(self.b[2]) - self.r, self.a[2].max(self.b[2]) + self.r)
     }
-    fn bbox(&self, _h: f64) -> Option<[f64; 4]> {
+    fn bbox(&self, h: f64) -> Option<[f64; 4]> {
+        // Only the part of the axis within r of this depth can reach the slice.
+        let dh = self.b[2] - self.a[2];
+        let (t0, t1) = if dh.abs() < 1e-9 {
+            (0.0, 1.0)
+        } else {
+            let u = (h - self.r - self.a[2]) / dh;
+            let v = (h + self.r - self.a[2]) / dh;
+            (u.min(v).clamp(0.0, 1.0), u.max(v).clamp(0.0, 1.0))
+        };
+        let p = |t: f64| [0, 1].map(|i| self.a[i] + t * (self.b[i] - self.a[i]));
+        let (p0, p1) = (p(t0), p(t1));
         Some([
-            self.a[0].min(self.b[0]) - self.r,
-            self.a[0].max(self.b[0]) + self.r,
-            self.a[1].min(self.b[1]) - self.r,
-            self.a[1].max(self.b[1]) + self.r,
+            p0[0].min(p1[0]) - self.r,
+            p0[0].max(p1[0]) + self.r,
+            p0[1].min(p1[1]) - self.r,
+            p0[1].max(p1[1]) + self.r,
         ])
     }
     fn contains(&self, p: [f64; 3]) -> bool {
@@ -420,6 +437,99 @@ impl<F: Fn([f64; 3]) -> bool + Send + Sync> Solid for Custom<F> {
     }
     fn contains(&self, p: [f64; 3]) -> bool {
         (self.f)(p)
+    }
+}
+
+/// Per rib: level h at the spine, anterior drop, and two angles (meaning depends on use).
+type RibParams = (f64, f64, f64, f64);
+
+/// All ribs of one part (bone, marrow or cartilage): rings following the inside of the chest
+/// wall, each at its own level and sloping down anteriorly. One solid for all ribs so the
+/// ring geometry is computed once per voxel, and only near the ring.
+struct RibCage {
+    /// (level h at the spine, anterior drop, theta range) per rib; theta 0 = posterior.
+    ribs: Vec<RibParams>,
+    /// Depth range inside the ring (mm) and half height of the rib (mm).
+    radial: (f64, f64),
+    half_h: f64,
+}
+
+impl RibCage {
+    fn ring(h: f64) -> Option<(f64, f64, f64)> {
+        trunk_frame(h).map(|[a, bb, yc]| (a - 10.0, bb - 12.0, yc))
+    }
+}
+
+impl Solid for RibCage {
+    fn h_range(&self) -> (f64, f64) {
+        let lo = self.ribs.iter().map(|r| r.0).fold(f64::MAX, f64::min);
+        let hi = self.ribs.iter().map(|r| r.0 + r.1).fold(f64::MIN, f64::max);
+        (lo - self.half_h, hi + self.half_h)
+    }
+    fn bbox(&self, h: f64) -> Option<[f64; 4]> {
+        let (ar, br, yc) = Self::ring(h)?;
+        Some([-ar * 1.03, ar * 1.03, yc - br * 1.03, yc + br * 1.03])
+    }
+    fn span(&self, y: f64, h: f64) -> Span {
+        let Some((ar, br, yc)) = Self::ring(h) else {
+            return Span::Empty;
+        };
+        let half_width = |a: f64, b: f64| {
+            let t = 1.0 - ((y - yc) / b).powi(2);
+            (t > 0.0).then(|| a * t.sqrt())
+        };
+        let Some(outer) = half_width(ar * 1.03, br * 1.03) else {
+            return Span::Empty;
+        };
+        let inner_d = self.radial.1 + 1.5;
+        match half_width(ar - inner_d, br - inner_d) {
+            Some(inner) => Span::Pair([-outer, -inner, inner, outer]),
+            // Rows beyond the inner ellipse: one interval (the second one is empty).
+            None => Span::Pair([-outer, outer, 0.0, -1.0]),
+        }
+    }
+    fn contains(&self, q: [f64; 3]) -> bool {
+        let Some((ar, br, yc)) = Self::ring(q[2]) else {
+            return false;
+        };
+        let dx = q[0];
+        let dy = q[1] - yc;
+        let rho = ((dx / ar).powi(2) + (dy / br).powi(2)).sqrt();
+        if !(0.75..=1.02).contains(&rho) {
+            return false;
+        }
+        let r = (dx * dx + dy * dy).sqrt();
+        let depth = (1.0 - rho) * r / rho; // mm inside the ring
+        if depth < self.radial.0 || depth > self.radial.1 {
+            return false;
+        }
+        let theta = dx.abs().atan2(dy);
+        let fall = (1.0 - theta.cos()) / 2.0;
+        self.ribs
+            .iter()
+            .any(|&(hk, drop, lo, hi)| theta >= lo && theta <= hi && (q[2] - (hk + drop * fall)).abs() <= self.half_h)
+    }
+}
+
+/// An axis-aligned box (the CT table).
+struct Rect {
+    x: (f64, f64),
+    y: (f64, f64),
+    h: (f64, f64),
+}
+
+impl Solid for Rect {
+    fn h_range(&self) -> (f64, f64) {
+        self.h
+    }
+    fn bbox(&self, _h: f64) -> Option<[f64; 4]> {
+        Some([self.x.0, self.x.1, self.y.0, self.y.1])
+    }
+    fn span(&self, y: f64, _h: f64) -> Span {
+        if y >= self.y.0 && y <= self.y.1 { Span::Interval(self.x.0, self.x.1) } else { Span::Empty }
+    }
+    fn contains(&self, q: [f64; 3]) -> bool {
+        (self.x.0..=self.x.1).contains(&q[0]) && (self.y.0..=self.y.1).contains(&q[1])
     }
 }
 
@@ -613,6 +723,24 @@ impl Model {
                 label,
                 Tissue::Muscle.bit(),
             );
+        }
+        // Breasts of female patients: a fat envelope on the anterior chest with glandular
+        // tissue inside, grown with the subcutaneous fat.
+        if p.sex == Sex::Female {
+            let mut bs = Stream::new(patient.seed, "breasts");
+            let size = bs.uniform(0.8, 1.2) * (0.8 + fat / 60.0);
+            let [_, bb, yc] = interp(&TRUNK, 430.0);
+            for side in [-1.0, 1.0] {
+                let c = [side * 72.0, yc - bb - fat * 1.1 + 8.0, 440.0];
+                let env = Ellipsoid::new(c, [62.0 * size, 42.0 * size, 58.0 * size]);
+                b.push(env.grow(2.0), Tissue::Skin, Tissue::Air.bit());
+                b.push(env, Tissue::Fat, Tissue::Skin.bit() | Tissue::Air.bit());
+                b.push(
+                    Ellipsoid::new([c[0], c[1] - 4.0, c[2]], env.r.map(|r| r * 0.55)),
+                    Tissue::Breast,
+                    Tissue::Fat.bit(),
+                );
+            }
         }
         let cavity = Tissue::VisceralFat.bit() | Tissue::Bowel.bit();
 
@@ -967,62 +1095,46 @@ impl Model {
 
         // Ribs: rings that follow the inside of the chest wall, sloping down anteriorly.
         let rib_levels: Vec<f64> = levels[7..19].iter().map(|l| l.1 + l.2 / 2.0).collect();
-        for (k, &hk) in rib_levels.iter().enumerate() {
-            let drop = 70.0 + 3.0 * k as f64;
-            let theta_bone = match k {
-                0..=6 => 2.55,
-                7..=9 => 2.45,
-                10 => 1.6,
-                _ => 1.25,
-            };
-            let theta_cart = match k {
-                0..=6 => 2.98,
-                7..=9 => 2.75,
-                _ => theta_bone,
-            };
-            let rib = move |q: [f64; 3], radial: (f64, f64), half_h: f64, th: (f64, f64)| -> bool {
-                let Some([a, bb, yc]) = trunk_frame(q[2]) else {
-                    return false;
+        // (level, drop, theta where bone ends, theta where cartilage ends) per rib.
+        let rib_params: Vec<RibParams> = rib_levels
+            .iter()
+            .enumerate()
+            .map(|(k, &hk)| {
+                let theta_bone = match k {
+                    0..=6 => 2.55,
+                    7..=9 => 2.45,
+                    10 => 1.6,
+                    _ => 1.25,
                 };
-                let (ar, br) = (a - 10.0, bb - 12.0);
-                let dx = q[0];
-                let dy = q[1] - yc;
-                let rho = ((dx / ar).powi(2) + (dy / br).powi(2)).sqrt();
-                if !(0.75..=1.02).contains(&rho) {
-                    return false;
-                }
-                let r = (dx * dx + dy * dy).sqrt();
-                let depth = (1.0 - rho) * r / rho; // mm inside the ring
-                if depth < radial.0 || depth > radial.1 {
-                    return false;
-                }
-                let theta = dx.abs().atan2(dy);
-                if theta < th.0 || theta > th.1 {
-                    return false;
-                }
-                let h_rib = hk + drop * (1.0 - theta.cos()) / 2.0;
-                (q[2] - h_rib).abs() <= half_h
-            };
-            let bbox = [-200.0, 200.0, -160.0, 160.0];
-            let (h0, h1) = (hk - 8.0, hk + drop + 8.0);
-            b.push(
-                Custom { bbox, h0, h1, f: move |q| rib(q, (0.0, 8.0), 5.5, (0.28, theta_bone)) },
-                Tissue::CorticalBone,
-                ANY,
-            );
-            b.push(
-                Custom { bbox, h0, h1, f: move |q| rib(q, (1.8, 6.2), 3.6, (0.30, theta_bone - 0.02)) },
-                Tissue::RedMarrow,
-                Tissue::CorticalBone.bit(),
-            );
-            if theta_cart > theta_bone {
-                b.push(
-                    Custom { bbox, h0, h1, f: move |q| rib(q, (0.0, 7.0), 5.0, (theta_bone, theta_cart)) },
-                    Tissue::Cartilage,
-                    ANY,
-                );
-            }
-        }
+                let theta_cart = match k {
+                    0..=6 => 2.98,
+                    7..=9 => 2.75,
+                    _ => theta_bone,
+                };
+                (hk, 70.0 + 3.0 * k as f64, theta_bone, theta_cart)
+            })
+            .collect();
+        let cage = |lo: f64, end: &dyn Fn(&RibParams) -> (f64, f64)| {
+            rib_params
+                .iter()
+                .map(|r| {
+                    let (a, b) = end(r);
+                    (r.0, r.1, a.max(lo), b)
+                })
+                .filter(|r| r.3 > r.2)
+                .collect::<Vec<_>>()
+        };
+        b.push(
+            RibCage { ribs: cage(0.28, &|r| (0.0, r.2)), radial: (0.0, 8.0), half_h: 5.5 },
+            Tissue::CorticalBone,
+            ANY,
+        );
+        b.push(
+            RibCage { ribs: cage(0.30, &|r| (0.0, r.2 - 0.02)), radial: (1.8, 6.2), half_h: 3.6 },
+            Tissue::RedMarrow,
+            Tissue::CorticalBone.bit(),
+        );
+        b.push(RibCage { ribs: cage(0.0, &|r| (r.2, r.3)), radial: (0.0, 7.0), half_h: 5.0 }, Tissue::Cartilage, ANY);
         // Sternum.
         for (label, sx, sy) in [(Tissue::CorticalBone, 17.0, 7.0), (Tissue::RedMarrow, 14.0, 4.0)] {
             b.push(
@@ -1154,22 +1266,12 @@ impl Model {
         // Flat carbon-fibre top and foam core, just under the patient's back.
         let table_y = 8.0 + 105.0 + fat * 1.1 + 3.0;
         b.push(
-            Custom {
-                bbox: [-230.0, 230.0, table_y, table_y + 45.0],
-                h0: -300.0,
-                h1: 2000.0,
-                f: move |q| q[0].abs() <= 230.0 && q[1] >= table_y && q[1] <= table_y + 45.0,
-            },
+            Rect { x: (-230.0, 230.0), y: (table_y, table_y + 45.0), h: (-300.0, 2000.0) },
             Tissue::Table,
             Tissue::Air.bit(),
         );
         b.push(
-            Custom {
-                bbox: [-226.0, 226.0, table_y + 4.0, table_y + 41.0],
-                h0: -300.0,
-                h1: 2000.0,
-                f: move |q| q[0].abs() <= 226.0 && q[1] >= table_y + 4.0 && q[1] <= table_y + 41.0,
-            },
+            Rect { x: (-226.0, 226.0), y: (table_y + 4.0, table_y + 41.0), h: (-300.0, 2000.0) },
             Tissue::TableFoam,
             Tissue::Table.bit(),
         );
@@ -1248,6 +1350,16 @@ impl Model {
                         for v in &mut row[grid.index_range(0, a * sl, b * sl)] {
                             if prim.only & (1 << *v) != 0 {
                                 *v = label;
+                            }
+                        }
+                    }
+                    Span::Pair(iv) => {
+                        for (a, b) in [(iv[0], iv[1]), (iv[2], iv[3])] {
+                            for i in grid.index_range(0, a * sl, b * sl) {
+                                let v = &mut row[i];
+                                if prim.only & (1 << *v) != 0 && prim.solid.contains([grid.x_mm(i) / sl, y, h]) {
+                                    *v = label;
+                                }
                             }
                         }
                     }

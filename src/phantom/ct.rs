@@ -64,7 +64,7 @@ pub fn synthesize(seed: u64, grid: &Grid, labels: &[u8], lesion_ids: &[u8], lesi
                 * pixel_area_mm2;
             let sd = (9.0 + 14.0 * body_mm2 / 60_000.0) as f32;
             let mut noise = vec![0f32; n];
-            Stream::indexed(seed, "ct-noise", k).fill_standard_normal(&mut noise);
+            Stream::indexed(seed, "ct-noise", k).fill_approx_normal(&mut noise);
             correlate(&mut noise, nx, ny);
             for ((o, &h), &e) in out.iter_mut().zip(&hu).zip(&noise) {
                 let v = (h + sd * e).clamp(-1024.0, 3071.0);

@@ -18,13 +18,13 @@ const FWHM_TO_SIGMA: f64 = 1.0 / 2.354_820_045_030_949;
 /// Physiological SUV per tissue for one patient.
 #[derive(Debug, Clone, Serialize)]
 pub struct Uptake {
-    suv: [f64; 28],
+    suv: [f64; 29],
 }
 
 impl Uptake {
     pub fn from_patient(seed: u64) -> Uptake {
         let mut s = Stream::new(seed, "uptake");
-        let mut suv = [0.0; 28];
+        let mut suv = [0.0; 29];
         for t in Tissue::ALL {
             let (lo, hi) = match t {
                 Tissue::Air | Tissue::Gas | Tissue::Airway | Tissue::Table | Tissue::TableFoam => (0.0, 0.0),
@@ -51,6 +51,7 @@ impl Uptake {
                 Tissue::Cartilage => (0.5, 0.8),
                 Tissue::Stomach => (1.4, 2.6),
                 Tissue::Gland => (2.0, 4.0),
+                Tissue::Breast => (0.8, 1.6),
             };
             suv[t as usize] = if matches!(t, Tissue::Myocardium | Tissue::Bladder) {
                 // Wide physiological ranges: spread evenly over the scale.
@@ -271,27 +272,96 @@ pub fn blurred_pet(ct: &Grid, pet: &Grid, true_suv: &[f32], motion: &RigidTransf
             }
         });
     } else {
+        // Rigid motion: rows of the PET cut across CT slices, so sample a 2x2-averaged copy
+        // (a quarter of the memory traffic) when the PET voxel is at least twice as coarse.
+        let halved;
+        let (src, ct): (&[f32], Grid) =
+            if 2.0 * ct.spacing_mm[0] <= pet.spacing_mm[0] && 2.0 * ct.spacing_mm[1] <= pet.spacing_mm[1] {
+                let (v, g) = halve_xy(true_suv, ct);
+                halved = v;
+                (&halved, g)
+            } else {
+                (true_suv, *ct)
+            };
+        let ns = [0, 1, 2].map(|a| {
+            let r = (pet.spacing_mm[a] / ct.spacing_mm[a]).ceil() as usize;
+            if a == 2 { (r + 1).clamp(1, 3) } else { r.clamp(1, 4) }
+        });
+        let offsets: [Vec<f64>; 3] = [0, 1, 2]
+            .map(|a| (0..ns[a]).map(|m| ((m as f64 + 0.5) / ns[a] as f64 - 0.5) * pet.spacing_mm[a]).collect());
+        let inv_n = 1.0 / (ns[0] * ns[1] * ns[2]) as f32;
+        // CT voxel coordinates are affine in the PET position: walk each PET row with a
+        // constant step instead of transforming every sample point.
+        let to_vox = |p: [f64; 3]| ct.to_voxel(motion.pet_to_ct(p));
+        let origin = to_vox([0.0; 3]);
+        let col = to_vox([pet.spacing_mm[0], 0.0, 0.0]);
+        let step = [0, 1, 2].map(|a| col[a] - origin[a]);
+        let dims = ct.dims.map(|d| d as f64);
         avg.par_chunks_mut(n).enumerate().for_each(|(k, slice)| {
             for j in 0..pet.ny() {
-                for i in 0..pet.nx() {
-                    let mut acc = 0f32;
-                    for &oz in &offsets[2] {
-                        for &oy in &offsets[1] {
-                            for &ox in &offsets[0] {
-                                let p = [pet.x_mm(i) + ox, pet.y_mm(j) + oy, pet.z_mm(k) + oz];
-                                if let Some(idx) = ct.nearest(motion.pet_to_ct(p)) {
-                                    acc += true_suv[idx];
+                let row = &mut slice[j * pet.nx()..(j + 1) * pet.nx()];
+                for &oz in &offsets[2] {
+                    for &oy in &offsets[1] {
+                        for &ox in &offsets[0] {
+                            let base = to_vox([pet.x_mm(0) + ox, pet.y_mm(j) + oy, pet.z_mm(k) + oz]);
+                            // Columns whose sample lands inside the CT grid (most of the
+                            // wider PET field of view does not): solve per axis.
+                            let (mut lo, mut hi) = (0.0f64, row.len() as f64 - 1.0);
+                            for a in 0..3 {
+                                let (b0, st) = (base[a], step[a]);
+                                if st.abs() < 1e-12 {
+                                    if !(b0 >= -0.5 && b0 < dims[a] - 0.5) {
+                                        hi = -1.0;
+                                    }
+                                } else {
+                                    let u = (-0.5 - b0) / st;
+                                    let w = (dims[a] - 0.5 - b0) / st;
+                                    lo = lo.max(u.min(w).floor());
+                                    hi = hi.min(u.max(w).ceil());
+                                }
+                            }
+                            if hi < lo {
+                                continue;
+                            }
+                            for i in lo.max(0.0) as usize..=(hi as usize).min(row.len() - 1) {
+                                let f = i as f64;
+                                let v = [0, 1, 2].map(|a| (base[a] + f * step[a]).round());
+                                if (0..3).all(|a| v[a] >= 0.0 && v[a] < dims[a]) {
+                                    row[i] += src[ct.index(v[0] as usize, v[1] as usize, v[2] as usize)];
                                 }
                             }
                         }
                     }
-                    slice[j * pet.nx() + i] = acc * inv_n;
+                }
+                for v in row.iter_mut() {
+                    *v *= inv_n;
                 }
             }
         });
     }
     let sigma = pet.spacing_mm.map(|d| PSF_FWHM_MM * FWHM_TO_SIGMA / d);
     gaussian_blur(&avg, pet.dims, sigma)
+}
+
+/// 2x2 in-plane average of a volume (odd trailing rows/columns dropped) and its grid.
+fn halve_xy(data: &[f32], g: &Grid) -> (Vec<f32>, Grid) {
+    let (nx, ny) = (g.nx() / 2, g.ny() / 2);
+    let half = Grid {
+        dims: [nx, ny, g.nz()],
+        spacing_mm: [2.0 * g.spacing_mm[0], 2.0 * g.spacing_mm[1], g.spacing_mm[2]],
+        origin_mm: [g.origin_mm[0] + 0.5 * g.spacing_mm[0], g.origin_mm[1] + 0.5 * g.spacing_mm[1], g.origin_mm[2]],
+    };
+    let mut out = vec![0f32; half.len()];
+    out.par_chunks_mut(nx * ny).zip(data.par_chunks(g.slice_len())).for_each(|(o, s)| {
+        for j in 0..ny {
+            let r0 = &s[2 * j * g.nx()..];
+            let r1 = &s[(2 * j + 1) * g.nx()..];
+            for i in 0..nx {
+                o[j * nx + i] = 0.25 * (r0[2 * i] + r0[2 * i + 1] + r1[2 * i] + r1[2 * i + 1]);
+            }
+        }
+    });
+    (out, half)
 }
 
 fn add_noise(seed: u64, weight_kg: f64, pet: &Grid, clean: Vec<f32>) -> Vec<f32> {

@@ -72,6 +72,18 @@ impl Stream {
         }
     }
 
+    /// Fill `out` with approximately normal values (sum of four 16-bit uniforms, unit
+    /// variance): four times cheaper than Box-Muller, for CT noise that is smoothed anyway.
+    pub fn fill_approx_normal(&mut self, out: &mut [f32]) {
+        // Var(U) = 1/12 per uniform; four of them: 1/3, so scale by sqrt(3).
+        let scale = 3f32.sqrt() / 65_536.0;
+        for v in out.iter_mut() {
+            let b = self.0.next_u64();
+            let s = (b & 0xffff) + ((b >> 16) & 0xffff) + ((b >> 32) & 0xffff) + (b >> 48);
+            *v = (s as f32 + 2.0 - 2.0 * 65_536.0) * scale;
+        }
+    }
+
     /// A random unit vector.
     pub fn unit_vector(&mut self) -> [f64; 3] {
         loop {
@@ -97,6 +109,16 @@ mod tests {
         let mut s1 = Stream::new(7, "x");
         let mut s2 = Stream::new(7, "y");
         assert_ne!(s1.uniform(0.0, 1.0), s2.uniform(0.0, 1.0));
+    }
+
+    #[test]
+    fn approx_normal_has_unit_variance() {
+        let mut v = vec![0f32; 200_000];
+        Stream::new(2, "n").fill_approx_normal(&mut v);
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| x as f64).sum::<f64>() / n;
+        let var = v.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
+        assert!(mean.abs() < 0.01 && (var - 1.0).abs() < 0.02, "{mean} {var}");
     }
 
     #[test]
