@@ -108,6 +108,12 @@ for r in $(seq "$rounds"); do
   record "DCMTK storescp (no fsync)" "$(send STORESCP 11202 1)"
   kill "$pid"; wait "$pid" 2>/dev/null || true; rm -rf "$d"
 
+  # The floor set by storescu itself and the transfer: a receiver that stores nothing.
+  TCP_NODELAY=1 storescp -aet STORESCP --ignore 11205 2>/dev/null &
+  pid=$!; pids+=("$pid"); wait_port 11205
+  record "storescp --ignore (transfer only, stores nothing)" "$(send STORESCP 11205 1)"
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+
   d=$(mktemp -d "$work/orthanc.XXXX")
   cat > "$d/orthanc.json" <<JSON
 { "Name": "bench", "StorageDirectory": "$d/storage", "IndexDirectory": "$d/index", "DicomAet": "ORTHANC",
@@ -119,11 +125,26 @@ JSON
   record "Orthanc" "$(send ORTHANC 11203 1)"
   kill "$pid"; wait "$pid" 2>/dev/null || true; rm -rf "$d"
 done
+# What durability costs on this disk: a 512 KiB file written and fdatasynced, then renamed and its
+# directory fsynced (the two steps the node must take in order for every instance).
+python3 - "$work" <<'PY'
+import os, sys, time
+d = os.path.join(sys.argv[1], "fsync"); os.makedirs(d)
+buf = os.urandom(512 * 1024); n = 100
+t0 = time.perf_counter()
+for i in range(n):
+    fd = os.open(f"{d}/{i}.tmp", os.O_WRONLY | os.O_CREAT); os.write(fd, buf); os.fdatasync(fd); os.close(fd)
+t1 = time.perf_counter()
+for i in range(n):
+    os.rename(f"{d}/{i}.tmp", f"{d}/{i}"); fd = os.open(d, os.O_RDONLY); os.fsync(fd); os.close(fd)
+t2 = time.perf_counter()
+print(f"disk: write+fdatasync 512 KiB {1e3*(t1-t0)/n:.2f} ms, rename+directory fsync {1e3*(t2-t1)/n:.2f} ms")
+PY
 [ -n "$pg_db" ] && psql -q -h /var/run/postgresql -U postgres -c "DROP DATABASE IF EXISTS $pg_db WITH (FORCE)" postgres
 
 ref=${best["DCMTK storescp (no fsync)"]}
 printf '\n%-52s %10s %14s %22s\n' "receiver" "seconds" "instances/s" "vs storescp (higher=faster)"
-for name in "petct-node (SQLite)" "petct-node (PostgreSQL)" "DCMTK storescp (no fsync)" "Orthanc" "petct-node (SQLite), storescu without TCP_NODELAY"; do
+for name in "petct-node (SQLite)" "petct-node (PostgreSQL)" "DCMTK storescp (no fsync)" "Orthanc" "petct-node (SQLite), storescu without TCP_NODELAY" "storescp --ignore (transfer only, stores nothing)"; do
   s=${best[$name]:-}
   [ -n "$s" ] || continue
   printf '%-52s %10.3f %14.1f %22.2f\n' "$name" "$s" "$(echo "$n / $s" | bc -l)" "$(echo "$ref / $s" | bc -l)"

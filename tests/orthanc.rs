@@ -89,7 +89,8 @@ fn orthanc_accepts_a_phantom_study_and_routes_it_to_the_node() {
     let orthanc = Orthanc::start(&[("petct", "PETCT_NODE", node.port)]);
     let work = tempfile::tempdir().unwrap();
     let summary = phantom(work.path(), &[]);
-    let files: Vec<_> = dcm_files(&work.path().join("CT")).into_iter().chain(dcm_files(&work.path().join("PT"))).collect();
+    let files: Vec<_> =
+        dcm_files(&work.path().join("CT")).into_iter().chain(dcm_files(&work.path().join("PT"))).collect();
     for f in &files {
         orthanc.post("/instances", &format!("@{}", f.display()));
     }
@@ -148,7 +149,8 @@ fn a_misaligned_phantom_is_paired_for_registration() {
     let work = tempfile::tempdir().unwrap();
     let summary = phantom(work.path(), &["--misalign", "10,-5,8,2,0,3"]);
     assert_ne!(summary["pt_frame_of_reference_uid"], summary["ct_frame_of_reference_uid"]);
-    let files: Vec<_> = dcm_files(&work.path().join("PT")).into_iter().chain(dcm_files(&work.path().join("CT"))).collect();
+    let files: Vec<_> =
+        dcm_files(&work.path().join("PT")).into_iter().chain(dcm_files(&work.path().join("CT"))).collect();
     assert_success(&node.storescu("STORESCU", &files, &[]), "storescu");
     let jobs = node.wait_jobs(Duration::from_secs(30), |j| !j.is_empty());
     assert_eq!(jobs.len(), 1, "{jobs:?}");
