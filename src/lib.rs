@@ -1,7 +1,9 @@
 //! petct-node: a DICOM-native PET/CT AI node. Modules follow the data flow of DESIGN.md:
 //! `dimse` receives, `ingest` checks and indexes into `store` and `db`, `server` wires them;
-//! `phantom` writes synthetic PET/CT studies for tests, demos and training.
+//! `assemble` turns a stored series into a `volume`; `phantom` writes synthetic PET/CT studies
+//! for tests, demos and training.
 
+pub mod assemble;
 pub mod cli;
 pub mod config;
 pub mod db;
@@ -11,3 +13,4 @@ pub mod ingest;
 pub mod phantom;
 pub mod server;
 pub mod store;
+pub mod volume;

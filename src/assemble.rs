@@ -1,0 +1,275 @@
+//! A stored series becomes a [`Volume`]: slices sorted along the slice normal, geometry checked,
+//! pixel data decoded (every transfer syntax dicom-rs decodes, in parallel) with the Modality
+//! LUT of each instance applied. Every defect a real series can have is a named error: the
+//! result is the right volume or no volume.
+
+use std::path::{Path, PathBuf};
+
+use dicom_core::Tag;
+use dicom_dictionary_std::tags;
+use dicom_object::{DefaultDicomObject, OpenFileOptions};
+use dicom_pixeldata::PixelDecoder;
+use rayon::prelude::*;
+
+use crate::ids::Uid;
+use crate::volume::{Geometry, Volume, VolumeError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AssembleError {
+    #[error("the series has no instances")]
+    NoInstances,
+    #[error("reading {path}: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("{path}: {attribute} is missing or malformed")]
+    MissingAttribute { path: PathBuf, attribute: &'static str },
+    #[error("{path}: multi-frame objects ({frames} frames, SOP class {sop_class}) are not supported yet")]
+    MultiFrame { path: PathBuf, frames: u32, sop_class: String },
+    #[error("{path}: modality {found} differs from the series' {expected}")]
+    MixedModality { path: PathBuf, expected: String, found: String },
+    #[error("{path}: Image Orientation (Patient) differs from the first slice's")]
+    MixedOrientation { path: PathBuf },
+    #[error("{path}: Image Orientation (Patient) is not two orthogonal unit vectors")]
+    InvalidOrientation { path: PathBuf },
+    #[error("{path}: size or pixel spacing differs from the first slice's ({detail})")]
+    MixedSize { path: PathBuf, detail: String },
+    #[error("{path}: Frame of Reference UID differs from the first slice's")]
+    MixedFrameOfReference { path: PathBuf },
+    #[error("gantry tilt of {degrees:.2} degrees: slices are not stacked along their normal")]
+    GantryTilt { degrees: f64 },
+    #[error("two slices share the position {position_mm:.3} mm along the normal ({first} and {second})")]
+    DuplicatePosition { position_mm: f64, first: PathBuf, second: PathBuf },
+    #[error("the series holds {count} volumes at the same positions (dynamic or gated acquisition)")]
+    MultipleVolumes { count: usize },
+    #[error("missing slice: a gap of {gap_mm:.3} mm after {after_mm:.3} mm where slices are {spacing_mm:.3} mm apart")]
+    MissingSlice { after_mm: f64, gap_mm: f64, spacing_mm: f64 },
+    #[error("slice spacing varies from {min_mm:.4} to {max_mm:.4} mm")]
+    NonUniformSpacing { min_mm: f64, max_mm: f64 },
+    #[error("{path}: no Pixel Data")]
+    NoPixelData { path: PathBuf },
+    #[error("{path}: decoding pixel data: {message}")]
+    Decode { path: PathBuf, message: String },
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+}
+
+/// One instance's geometry, read before any pixel data.
+struct Slice {
+    path: PathBuf,
+    header: DefaultDicomObject,
+    position: [f64; 3],
+    /// Position along the slice normal.
+    along_mm: f64,
+    temporal: Option<String>,
+}
+
+/// A decoded series: the volume in modality units (HU for CT, rescaled PET values) and the
+/// headers of its instances in slice order (without pixel data), for calibration and encoding.
+pub struct Series {
+    pub modality: String,
+    pub volume: Volume<f32>,
+    pub headers: Vec<DefaultDicomObject>,
+    pub paths: Vec<PathBuf>,
+}
+
+fn numbers(obj: &DefaultDicomObject, tag: Tag) -> Option<Vec<f64>> {
+    obj.element(tag).ok()?.to_multi_float64().ok()
+}
+
+fn required<const N: usize>(
+    obj: &DefaultDicomObject,
+    tag: Tag,
+    path: &Path,
+    attribute: &'static str,
+) -> Result<[f64; N], AssembleError> {
+    numbers(obj, tag)
+        .and_then(|v| <[f64; N]>::try_from(v).ok())
+        .filter(|v| v.iter().all(|x| x.is_finite()))
+        .ok_or_else(|| AssembleError::MissingAttribute { path: path.to_path_buf(), attribute })
+}
+
+fn text(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
+    let v = obj.element(tag).ok()?.to_str().ok()?;
+    let v = v.trim_matches([' ', '\0']);
+    (!v.is_empty()).then(|| v.to_string())
+}
+
+fn cross(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    [a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]]
+}
+
+fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
+    a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+}
+
+/// Reads every header (in parallel), checks the geometry, then decodes the pixel data.
+pub fn assemble(paths: &[PathBuf]) -> Result<Series, AssembleError> {
+    if paths.is_empty() {
+        return Err(AssembleError::NoInstances);
+    }
+    let headers: Vec<(PathBuf, DefaultDicomObject)> = paths
+        .par_iter()
+        .map(|p| {
+            OpenFileOptions::new()
+                .read_until(tags::PIXEL_DATA)
+                .open_file(p)
+                .map(|o| (p.clone(), o))
+                .map_err(|e| AssembleError::Read { path: p.clone(), message: e.to_string() })
+        })
+        .collect::<Result<_, _>>()?;
+
+    let (first_path, first) = (&headers[0].0.clone(), &headers[0].1.clone());
+    let modality = text(first, tags::MODALITY).ok_or_else(|| AssembleError::MissingAttribute {
+        path: first_path.clone(),
+        attribute: "Modality (0008,0060)",
+    })?;
+    let orientation: [f64; 6] =
+        required(first, tags::IMAGE_ORIENTATION_PATIENT, first_path, "Image Orientation (Patient) (0020,0037)")?;
+    let row = [orientation[0], orientation[1], orientation[2]];
+    let col = [orientation[3], orientation[4], orientation[5]];
+    if (dot(row, row) - 1.0).abs() > 1e-3 || (dot(col, col) - 1.0).abs() > 1e-3 || dot(row, col).abs() > 1e-3 {
+        return Err(AssembleError::InvalidOrientation { path: first_path.clone() });
+    }
+    let normal = cross(row, col);
+    let rows = first.element(tags::ROWS).ok().and_then(|e| e.to_int::<usize>().ok());
+    let cols = first.element(tags::COLUMNS).ok().and_then(|e| e.to_int::<usize>().ok());
+    let (Some(rows), Some(cols)) = (rows, cols) else {
+        return Err(AssembleError::MissingAttribute {
+            path: first_path.clone(),
+            attribute: "Rows/Columns (0028,0010/0011)",
+        });
+    };
+    let pixel_spacing: [f64; 2] = required(first, tags::PIXEL_SPACING, first_path, "Pixel Spacing (0028,0030)")?;
+    let frame = text(first, tags::FRAME_OF_REFERENCE_UID);
+
+    let mut slices = Vec::with_capacity(headers.len());
+    for (path, header) in headers {
+        let frames = header.element(tags::NUMBER_OF_FRAMES).ok().and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1);
+        if frames > 1 {
+            let sop_class = text(&header, tags::SOP_CLASS_UID).unwrap_or_default();
+            return Err(AssembleError::MultiFrame { path, frames, sop_class });
+        }
+        let m = text(&header, tags::MODALITY).unwrap_or_default();
+        if m != modality {
+            return Err(AssembleError::MixedModality { path, expected: modality.clone(), found: m });
+        }
+        let o: [f64; 6] =
+            required(&header, tags::IMAGE_ORIENTATION_PATIENT, &path, "Image Orientation (Patient) (0020,0037)")?;
+        if o.iter().zip(orientation).any(|(a, b)| (a - b).abs() > 1e-4) {
+            return Err(AssembleError::MixedOrientation { path });
+        }
+        let r = header.element(tags::ROWS).ok().and_then(|e| e.to_int::<usize>().ok());
+        let c = header.element(tags::COLUMNS).ok().and_then(|e| e.to_int::<usize>().ok());
+        let s: [f64; 2] = required(&header, tags::PIXEL_SPACING, &path, "Pixel Spacing (0028,0030)")?;
+        if r != Some(rows) || c != Some(cols) || s.iter().zip(pixel_spacing).any(|(a, b)| (a - b).abs() > 1e-4) {
+            let detail = format!("{r:?}x{c:?} at {s:?} mm vs {rows}x{cols} at {pixel_spacing:?} mm");
+            return Err(AssembleError::MixedSize { path, detail });
+        }
+        if text(&header, tags::FRAME_OF_REFERENCE_UID) != frame {
+            return Err(AssembleError::MixedFrameOfReference { path });
+        }
+        if let Some(tilt) = numbers(&header, tags::GANTRY_DETECTOR_TILT).and_then(|v| v.first().copied()) {
+            if tilt.abs() > 0.01 {
+                return Err(AssembleError::GantryTilt { degrees: tilt });
+            }
+        }
+        let position: [f64; 3] =
+            required(&header, tags::IMAGE_POSITION_PATIENT, &path, "Image Position (Patient) (0020,0032)")?;
+        // Distinguishes the volumes of a dynamic or gated series that share positions.
+        let temporal = text(&header, tags::TEMPORAL_POSITION_INDEX)
+            .or_else(|| text(&header, tags::FRAME_REFERENCE_TIME))
+            .or_else(|| text(&header, tags::TRIGGER_TIME));
+        slices.push(Slice { along_mm: dot(position, normal), path, header, position, temporal });
+    }
+    slices.sort_by(|a, b| a.along_mm.total_cmp(&b.along_mm));
+
+    for pair in slices.windows(2) {
+        if (pair[1].along_mm - pair[0].along_mm).abs() < 1e-3 {
+            let volumes = slices.iter().filter(|s| (s.along_mm - pair[0].along_mm).abs() < 1e-3).count();
+            if pair[0].temporal != pair[1].temporal {
+                return Err(AssembleError::MultipleVolumes { count: volumes });
+            }
+            return Err(AssembleError::DuplicatePosition {
+                position_mm: pair[0].along_mm,
+                first: pair[0].path.clone(),
+                second: pair[1].path.clone(),
+            });
+        }
+    }
+    let spacing_z = slice_spacing(&slices, first_path)?;
+    if let (Some(a), Some(b)) = (slices.first(), slices.last()) {
+        let d = [b.position[0] - a.position[0], b.position[1] - a.position[1], b.position[2] - a.position[2]];
+        let len = dot(d, d).sqrt();
+        if len > 0.0 {
+            let degrees = (dot(d, normal).abs() / len).clamp(-1.0, 1.0).acos().to_degrees();
+            if degrees > 0.1 {
+                return Err(AssembleError::GantryTilt { degrees });
+            }
+        }
+    }
+
+    let geometry = Geometry {
+        dims: [cols, rows, slices.len()],
+        spacing_mm: [pixel_spacing[1], pixel_spacing[0], spacing_z],
+        origin_mm: slices[0].position,
+        direction: [row, col, normal],
+        frame_of_reference_uid: frame.as_deref().and_then(|f| Uid::parse(f).ok()),
+    };
+    let n = rows * cols;
+    let mut data = vec![0f32; n * slices.len()];
+    data.par_chunks_mut(n).zip(slices.par_iter()).try_for_each(|(out, s)| decode_into(&s.path, out))?;
+    let volume = Volume::new(geometry, data)?;
+    let paths = slices.iter().map(|s| s.path.clone()).collect();
+    let headers = slices.into_iter().map(|s| s.header).collect();
+    Ok(Series { modality, volume, headers, paths })
+}
+
+/// The distance between slices, which must be uniform: a larger step is a missing slice.
+fn slice_spacing(slices: &[Slice], first_path: &Path) -> Result<f64, AssembleError> {
+    if slices.len() == 1 {
+        let h = &slices[0].header;
+        return numbers(h, tags::SPACING_BETWEEN_SLICES)
+            .or_else(|| numbers(h, tags::SLICE_THICKNESS))
+            .and_then(|v| v.first().copied())
+            .filter(|v| *v > 0.0)
+            .ok_or(AssembleError::MissingAttribute {
+                path: first_path.to_path_buf(),
+                attribute: "Slice Thickness (0018,0050)",
+            });
+    }
+    let mut steps: Vec<f64> = slices.windows(2).map(|p| p[1].along_mm - p[0].along_mm).collect();
+    let mut sorted = steps.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = sorted[sorted.len() / 2];
+    let tolerance = (median * 0.005).max(0.01);
+    for (i, step) in steps.iter().enumerate() {
+        if *step > 1.5 * median {
+            return Err(AssembleError::MissingSlice {
+                after_mm: slices[i].along_mm,
+                gap_mm: *step,
+                spacing_mm: median,
+            });
+        }
+    }
+    steps.retain(|s| (s - median).abs() > tolerance);
+    if !steps.is_empty() {
+        return Err(AssembleError::NonUniformSpacing { min_mm: sorted[0], max_mm: sorted[sorted.len() - 1] });
+    }
+    // The mean step over the whole stack is more precise than any single difference.
+    Ok((slices[slices.len() - 1].along_mm - slices[0].along_mm) / (slices.len() - 1) as f64)
+}
+
+fn decode_into(path: &Path, out: &mut [f32]) -> Result<(), AssembleError> {
+    let decode_err = |message: String| AssembleError::Decode { path: path.to_path_buf(), message };
+    let obj = dicom_object::open_file(path)
+        .map_err(|e| AssembleError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+    if obj.element(tags::PIXEL_DATA).is_err() {
+        return Err(AssembleError::NoPixelData { path: path.to_path_buf() });
+    }
+    let decoded = obj.decode_pixel_data().map_err(|e| decode_err(e.to_string()))?;
+    let values: Vec<f32> = decoded.to_vec().map_err(|e| decode_err(e.to_string()))?;
+    if values.len() != out.len() {
+        return Err(decode_err(format!("{} values for a {}-pixel slice", values.len(), out.len())));
+    }
+    out.copy_from_slice(&values);
+    Ok(())
+}
