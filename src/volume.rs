@@ -36,14 +36,10 @@ impl Geometry {
 
     /// Patient coordinates (mm) of the centre of voxel `(i, j, k)`.
     pub fn index_to_patient(&self, ijk: [f64; 3]) -> [f64; 3] {
-        let mut p = self.origin_mm;
-        for (axis, dir) in self.direction.iter().enumerate() {
-            let d = ijk[axis] * self.spacing_mm[axis];
-            for c in 0..3 {
-                p[c] += d * dir[c];
-            }
-        }
-        p
+        std::array::from_fn(|c| {
+            self.origin_mm[c]
+                + (0..3).map(|axis| ijk[axis] * self.spacing_mm[axis] * self.direction[axis][c]).sum::<f64>()
+        })
     }
 
     /// Continuous voxel index of a patient point (inverse of [`index_to_patient`]; the
@@ -52,12 +48,10 @@ impl Geometry {
     /// [`index_to_patient`]: Self::index_to_patient
     pub fn patient_to_index(&self, p: [f64; 3]) -> [f64; 3] {
         let d = [p[0] - self.origin_mm[0], p[1] - self.origin_mm[1], p[2] - self.origin_mm[2]];
-        let mut ijk = [0.0; 3];
-        for axis in 0..3 {
+        std::array::from_fn(|axis| {
             let dir = self.direction[axis];
-            ijk[axis] = (d[0] * dir[0] + d[1] * dir[1] + d[2] * dir[2]) / self.spacing_mm[axis];
-        }
-        ijk
+            (d[0] * dir[0] + d[1] * dir[1] + d[2] * dir[2]) / self.spacing_mm[axis]
+        })
     }
 }
 
