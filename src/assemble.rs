@@ -101,8 +101,39 @@ fn dot(a: [f64; 3], b: [f64; 3]) -> f64 {
     a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 }
 
+/// A series whose headers passed every geometry check: what `inspect` reports without
+/// decoding a single pixel.
+pub struct SeriesPlan {
+    pub modality: String,
+    pub geometry: Geometry,
+    slices: Vec<Slice>,
+}
+
+impl SeriesPlan {
+    /// Headers in slice order (without pixel data).
+    pub fn headers(&self) -> impl Iterator<Item = &DefaultDicomObject> {
+        self.slices.iter().map(|s| &s.header)
+    }
+
+    /// Decodes every slice (in parallel) into the volume.
+    pub fn decode(self) -> Result<Series, AssembleError> {
+        let n = self.geometry.dims[0] * self.geometry.dims[1];
+        let mut data = vec![0f32; n * self.slices.len()];
+        data.par_chunks_mut(n).zip(self.slices.par_iter()).try_for_each(|(out, s)| decode_into(&s.path, out))?;
+        let volume = Volume::new(self.geometry, data)?;
+        let paths = self.slices.iter().map(|s| s.path.clone()).collect();
+        let headers = self.slices.into_iter().map(|s| s.header).collect();
+        Ok(Series { modality: self.modality, volume, headers, paths })
+    }
+}
+
 /// Reads every header (in parallel), checks the geometry, then decodes the pixel data.
 pub fn assemble(paths: &[PathBuf]) -> Result<Series, AssembleError> {
+    plan(paths)?.decode()
+}
+
+/// Reads every header (in parallel) and checks the geometry; decodes nothing.
+pub fn plan(paths: &[PathBuf]) -> Result<SeriesPlan, AssembleError> {
     if paths.is_empty() {
         return Err(AssembleError::NoInstances);
     }
@@ -214,13 +245,10 @@ pub fn assemble(paths: &[PathBuf]) -> Result<Series, AssembleError> {
         direction: [row, col, normal],
         frame_of_reference_uid: frame.as_deref().and_then(|f| Uid::parse(f).ok()),
     };
-    let n = rows * cols;
-    let mut data = vec![0f32; n * slices.len()];
-    data.par_chunks_mut(n).zip(slices.par_iter()).try_for_each(|(out, s)| decode_into(&s.path, out))?;
-    let volume = Volume::new(geometry, data)?;
-    let paths = slices.iter().map(|s| s.path.clone()).collect();
-    let headers = slices.into_iter().map(|s| s.header).collect();
-    Ok(Series { modality, volume, headers, paths })
+    if geometry.voxel_count().is_none() {
+        return Err(VolumeError::Overflow { nx: cols, ny: rows, nz: slices.len() }.into());
+    }
+    Ok(SeriesPlan { modality, geometry, slices })
 }
 
 /// The distance between slices, which must be uniform: a larger step is a missing slice.

@@ -44,6 +44,14 @@ pub enum Command {
     },
     /// Write a synthetic whole-body FDG PET/CT study with ground truth.
     Phantom(crate::phantom::PhantomArgs),
+    /// Every series under a folder (files or the node's store): geometry, completeness, pairing.
+    Inspect {
+        /// Folder to scan recursively.
+        dir: PathBuf,
+        /// One JSON object with a `series` array, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -152,6 +160,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Inspect { dir, json } => {
+            let report = crate::inspect::inspect(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_inspection(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Phantom(args) => {
             let summary = crate::phantom::run(&args)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -184,6 +201,34 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_inspection(report: &crate::inspect::Report) {
+    for s in &report.series {
+        let dims = s.dims.map(|d| format!("{}x{}x{}", d[0], d[1], d[2])).unwrap_or_else(|| "-".into());
+        let spacing =
+            s.spacing_mm.map(|v| format!("{:.3}x{:.3}x{:.3} mm", v[0], v[1], v[2])).unwrap_or_else(|| "-".into());
+        println!(
+            "{} {:<3} {:>5} instances  {dims:<12} {spacing:<24} {}",
+            s.series_instance_uid,
+            s.modality,
+            s.instances,
+            if s.complete { "complete" } else { "INCOMPLETE" }
+        );
+        if let Some(d) = s.direction {
+            println!("    orientation row {:?} col {:?} normal {:?}", d[0], d[1], d[2]);
+        }
+        if let Some(ct) = &s.paired_ct_series_uid {
+            let how = if s.needs_registration == Some(true) { "needs registration" } else { "same frame of reference" };
+            println!("    paired with CT {ct} ({how})");
+        }
+        for w in &s.warnings {
+            println!("    warning: {w}");
+        }
+    }
+    for f in &report.skipped_files {
+        println!("skipped {f}");
     }
 }
 

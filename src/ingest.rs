@@ -308,13 +308,6 @@ fn parse(
         return Err(refuse(Status::CANNOT_UNDERSTAND, "Pixel Data missing (incomplete data set)"));
     }
     let frame = text(&obj, tags::FRAME_OF_REFERENCE_UID).and_then(|f| Uid::parse(&f).ok()).map(|u| u.to_string());
-    let acquired_at_ms = [
-        (tags::ACQUISITION_DATE, tags::ACQUISITION_TIME),
-        (tags::SERIES_DATE, tags::SERIES_TIME),
-        (tags::CONTENT_DATE, tags::CONTENT_TIME),
-    ]
-    .iter()
-    .find_map(|(d, t)| naive_ms(&text(&obj, *d)?, text(&obj, *t).as_deref().unwrap_or("000000")));
     let record = InstanceRecord {
         study_uid: study.to_string(),
         series_uid: series.to_string(),
@@ -333,7 +326,7 @@ fn parse(
         number_of_slices: int(&obj, tags::NUMBER_OF_SLICES),
         image_index: int(&obj, tags::IMAGE_INDEX),
         instance_number: int(&obj, tags::INSTANCE_NUMBER),
-        acquired_at_ms,
+        acquired_at_ms: acquired_at_ms(&obj),
         path: String::new(),
         size_bytes: bytes.len() as i64,
         sha256: hex::encode(digest),
@@ -341,6 +334,18 @@ fn parse(
         received_at_ms: now_ms(),
     };
     Ok(Parsed { record, study, series, instance })
+}
+
+/// When an instance was acquired (else its series, else its content), on a naive clock: what
+/// pairing compares.
+pub fn acquired_at_ms(obj: &InMemDicomObject) -> Option<i64> {
+    [
+        (tags::ACQUISITION_DATE, tags::ACQUISITION_TIME),
+        (tags::SERIES_DATE, tags::SERIES_TIME),
+        (tags::CONTENT_DATE, tags::CONTENT_TIME),
+    ]
+    .iter()
+    .find_map(|(d, t)| naive_ms(&text(obj, *d)?, text(obj, *t).as_deref().unwrap_or("000000")))
 }
 
 /// DICOM DA + TM as milliseconds on a naive clock (no time zone): only differences matter.

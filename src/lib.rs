@@ -10,6 +10,8 @@ pub mod db;
 pub mod dimse;
 pub mod ids;
 pub mod ingest;
+pub mod inspect;
+pub mod pairing;
 pub mod phantom;
 pub mod server;
 pub mod store;

@@ -191,3 +191,43 @@ fn a_phantom_study_assembles_into_ct_and_pet_volumes() {
     assert!(pt.volume.data().iter().all(|v| *v >= 0.0));
     assert!(pt.volume.data().iter().any(|v| *v > 1000.0));
 }
+
+#[test]
+fn inspect_reports_geometry_completeness_and_pairing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["phantom", "--profile", "small", "--seed", "3", "--misalign", "5,0,0,0,0,2", "--out"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert_success(&out, "phantom");
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // One PET slice goes missing: the PET is then incomplete by the node's rule.
+    let mut pt: Vec<PathBuf> = std::fs::read_dir(dir.path().join("PT")).unwrap().map(|e| e.unwrap().path()).collect();
+    pt.sort();
+    let inspect = |d: &Path| {
+        let out = std::process::Command::new(bin()).args(["inspect", "--json"]).arg(d).output().unwrap();
+        assert_success(&out, "inspect");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let report = inspect(dir.path());
+    let series = report["series"].as_array().unwrap();
+    assert_eq!(series.len(), 2);
+    let find = |m: &str| series.iter().find(|s| s["modality"] == m).unwrap().clone();
+    let (ct, pet) = (find("CT"), find("PT"));
+    assert_eq!(ct["dims"], serde_json::json!([128, 128, 48]));
+    assert_eq!(ct["complete"], true);
+    assert_eq!(pet["complete"], true);
+    assert_eq!(pet["expected_slices"], summary["pt_slices"]);
+    assert_eq!(pet["paired_ct_series_uid"], summary["ct_series_instance_uid"]);
+    assert_eq!(pet["needs_registration"], true, "misaligned PET has its own frame of reference");
+    // The NIfTI truth files are reported as skipped, not as series.
+    assert!(report["skipped_files"].as_array().unwrap().iter().any(|f| f.as_str().unwrap().contains("truth")));
+
+    std::fs::remove_file(&pt[pt.len() / 2]).unwrap();
+    let report = inspect(dir.path());
+    let pet = report["series"].as_array().unwrap().iter().find(|s| s["modality"] == "PT").unwrap().clone();
+    assert_eq!(pet["complete"], false);
+    let warnings = pet["warnings"].to_string();
+    assert!(warnings.contains("missing slice") && warnings.contains("PET slices"), "{warnings}");
+}
