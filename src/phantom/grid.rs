@@ -16,6 +16,17 @@ pub struct Grid {
 }
 
 impl Grid {
+    /// The same grid as the product's geometry type (axis-aligned: identity directions).
+    pub fn geometry(&self) -> crate::volume::Geometry {
+        crate::volume::Geometry {
+            dims: self.dims,
+            spacing_mm: self.spacing_mm,
+            origin_mm: self.origin_mm,
+            direction: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            frame_of_reference_uid: None,
+        }
+    }
+
     pub fn nx(&self) -> usize {
         self.dims[0]
     }

@@ -14,7 +14,6 @@ mod ct;
 mod dicom;
 mod grid;
 mod lesions;
-mod nifti;
 mod pet;
 mod render;
 mod rng;

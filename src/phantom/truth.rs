@@ -12,7 +12,8 @@ use super::grid::Grid;
 use super::lesions::{CtEffect, Lesion, Site};
 use super::pet::{PSF_FWHM_MM, RigidTransform, Uptake, gaussian_blur, kernel};
 use super::rng::Stream;
-use super::{Misalign, Phantom, PhantomError, PhantomOptions, nifti};
+use super::{Misalign, Phantom, PhantomError, PhantomOptions};
+use crate::nifti;
 
 /// Radius of the 1 cm^3 sphere of SUVpeak, in mm.
 pub const SUV_PEAK_RADIUS_MM: f64 = 6.203_504_908_994;
@@ -263,7 +264,12 @@ pub struct GridTruth {
 
 impl From<&Grid> for GridTruth {
     fn from(g: &Grid) -> Self {
-        GridTruth { dims: g.dims, spacing_mm: g.spacing_mm, origin_mm: g.origin_mm, ras_affine: nifti::ras_affine(g) }
+        GridTruth {
+            dims: g.dims,
+            spacing_mm: g.spacing_mm,
+            origin_mm: g.origin_mm,
+            ras_affine: nifti::ras_affine(&g.geometry()),
+        }
     }
 }
 
@@ -464,13 +470,17 @@ pub fn build_truth(
 
 /// Write the NIfTI files and truth.json; returns the truth.json path.
 pub fn write_truth_files(ph: &Phantom, dir: &Path) -> Result<PathBuf, PhantomError> {
-    let g = &ph.ct_grid;
+    let g = &ph.ct_grid.geometry();
+    let write = |file: &str, data: &dyn Fn(&Path) -> std::io::Result<()>| {
+        let path = dir.join(file);
+        data(&path).map_err(PhantomError::io("writing", &path))
+    };
     let jobs: Vec<Box<dyn Fn() -> Result<(), PhantomError> + Send + Sync>> = vec![
-        Box::new(|| nifti::write(&dir.join(FILE_LESIONS), g, &ph.lesion_ids, "true lesion labels")),
-        Box::new(|| nifti::write(&dir.join(FILE_SENSITIVE), g, &ph.reader_sensitive, "high-sensitivity reader")),
-        Box::new(|| nifti::write(&dir.join(FILE_SPECIFIC), g, &ph.reader_specific, "high-specificity reader")),
-        Box::new(|| nifti::write(&dir.join(FILE_TISSUES), g, &ph.labels, "tissue labels")),
-        Box::new(|| nifti::write(&dir.join(FILE_SUV), g, &ph.true_suv, "noiseless unblurred SUVbw")),
+        Box::new(|| write(FILE_LESIONS, &|p| nifti::write(p, g, &ph.lesion_ids, "true lesion labels"))),
+        Box::new(|| write(FILE_SENSITIVE, &|p| nifti::write(p, g, &ph.reader_sensitive, "high-sensitivity reader"))),
+        Box::new(|| write(FILE_SPECIFIC, &|p| nifti::write(p, g, &ph.reader_specific, "high-specificity reader"))),
+        Box::new(|| write(FILE_TISSUES, &|p| nifti::write(p, g, &ph.labels, "tissue labels"))),
+        Box::new(|| write(FILE_SUV, &|p| nifti::write(p, g, &ph.true_suv, "noiseless unblurred SUVbw"))),
     ];
     jobs.par_iter().try_for_each(|job| job())?;
     let path = dir.join(FILE_JSON);
