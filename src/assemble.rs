@@ -110,6 +110,11 @@ pub struct SeriesPlan {
 }
 
 impl SeriesPlan {
+    /// Files in slice order.
+    pub fn paths(&self) -> Vec<PathBuf> {
+        self.slices.iter().map(|s| s.path.clone()).collect()
+    }
+
     /// Headers in slice order (without pixel data).
     pub fn headers(&self) -> impl Iterator<Item = &DefaultDicomObject> {
         self.slices.iter().map(|s| &s.header)

@@ -44,6 +44,17 @@ pub enum Command {
     },
     /// Write a synthetic whole-body FDG PET/CT study with ground truth.
     Phantom(crate::phantom::PhantomArgs),
+    /// The offline pipeline on a folder: PET and CT to aligned SUV and HU volumes.
+    Run {
+        /// Folder holding the PET and CT series (scanned recursively).
+        dir: PathBuf,
+        /// Output folder (created): run.json and, with --export-volumes, NIfTI volumes.
+        #[arg(long)]
+        out: PathBuf,
+        /// Write ct_hu.nii.gz, suv.nii.gz (native PET grid) and suv_on_ct.nii.gz.
+        #[arg(long)]
+        export_volumes: bool,
+    },
     /// Every series under a folder (files or the node's store): geometry, completeness, pairing.
     Inspect {
         /// Folder to scan recursively.
@@ -158,6 +169,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     );
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run { dir, out, export_volumes } => {
+            let summary = crate::pipeline::run(&dir, &out, export_volumes)?;
+            println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { dir, json } => {

@@ -43,10 +43,17 @@ pub struct SeriesReport {
     /// PET: the CT series the node pairs it with, and whether registration is needed.
     pub paired_ct_series_uid: Option<String>,
     pub needs_registration: Option<bool>,
+    /// PET: the factor that turns rescaled pixel values into SUVbw (g/mL), and the rule
+    /// (units, decay correction, scan time source) that produced it.
+    pub suv_bw_factor: Option<f64>,
+    pub suv_rule: Option<String>,
     pub warnings: Vec<String>,
     /// Earliest acquisition date-time on a naive clock, for pairing by time.
     #[serde(skip)]
     acquired_at_ms: Option<i64>,
+    /// The series' files, for the stages that read its pixels.
+    #[serde(skip)]
+    pub paths: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -140,6 +147,7 @@ fn report(files: &[(PathBuf, DefaultDicomObject)]) -> SeriesReport {
     let mut warnings = Vec::new();
     let paths: Vec<PathBuf> = files.iter().map(|(p, _)| p.clone()).collect();
     let plan = assemble::plan(&paths);
+    let paths = plan.as_ref().map(|p| p.paths()).unwrap_or(paths);
     let geometry = match &plan {
         Ok(p) => Some(p.geometry.clone()),
         Err(e) => {
@@ -160,7 +168,21 @@ fn report(files: &[(PathBuf, DefaultDicomObject)]) -> SeriesReport {
         }
         None => geometry.is_some(),
     };
+    let suv = (modality == "PT").then(|| {
+        crate::pet_header::series_pet_header(files.iter().map(|(_, o)| &**o))
+            .and_then(|h| crate::calibrate::suv_bw_factor(&h))
+    });
+    let (suv_bw_factor, suv_rule) = match suv {
+        Some(Ok(f)) => (Some(f.factor), Some(f.rule)),
+        Some(Err(e)) => {
+            warnings.push(format!("no SUV: {e}"));
+            (None, None)
+        }
+        None => (None, None),
+    };
     SeriesReport {
+        suv_bw_factor,
+        suv_rule,
         series_instance_uid: text(first, tags::SERIES_INSTANCE_UID).unwrap_or_default(),
         study_instance_uid: text(first, tags::STUDY_INSTANCE_UID).unwrap_or_default(),
         series_description: text(first, tags::SERIES_DESCRIPTION),
@@ -177,5 +199,6 @@ fn report(files: &[(PathBuf, DefaultDicomObject)]) -> SeriesReport {
         warnings,
         modality,
         acquired_at_ms: files.iter().filter_map(|(_, o)| acquired_at_ms(o)).min(),
+        paths,
     }
 }

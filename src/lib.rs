@@ -18,6 +18,7 @@ pub mod nifti;
 pub mod pairing;
 pub mod pet_header;
 pub mod phantom;
+pub mod pipeline;
 pub mod server;
 pub mod store;
 pub mod volume;
