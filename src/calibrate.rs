@@ -344,7 +344,7 @@ fn scan_datetime(h: &PetHeader) -> Result<(PrimitiveDateTime, &'static str), Cal
     } else if let Some(ge) = h.ge_scan_datetime {
         // Series Date/Time after the acquisition: a post-processed series (GE writes the
         // reconstruction time); GE keeps the real scan start privately.
-        Ok((ge, "GE private scan date-time (0009,100D)"))
+        Ok((ge, "GE private scan date-time (0009,xx0D)"))
     } else {
         Ok((earliest, "earliest Acquisition Date/Time"))
     }
