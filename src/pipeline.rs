@@ -74,9 +74,14 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
     if needs_registration {
         return Err(PipelineError::RegistrationUnavailable { pet: pet.series_instance_uid.clone(), ct: ct_uid });
     }
-    let ct = report.series.iter().find(|s| s.series_instance_uid == ct_uid).ok_or_else(|| PipelineError::NoPair { dir: dir.to_path_buf() })?;
+    let ct = report
+        .series
+        .iter()
+        .find(|s| s.series_instance_uid == ct_uid)
+        .ok_or_else(|| PipelineError::NoPair { dir: dir.to_path_buf() })?;
     let assembled = |s: &inspect::SeriesReport| {
-        assemble::assemble(&s.paths).map_err(|source| PipelineError::Assemble { series_uid: s.series_instance_uid.clone(), source })
+        assemble::assemble(&s.paths)
+            .map_err(|source| PipelineError::Assemble { series_uid: s.series_instance_uid.clone(), source })
     };
     let (ct_series, pet_series) = rayon::join(|| assembled(ct), || assembled(pet));
     let (ct_series, mut pet_series) = (ct_series?, pet_series?);
@@ -125,7 +130,8 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
         },
     };
     let path = out.join("run.json");
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| PipelineError::Write { path: path.clone(), source: e.into() })?;
+    let json = serde_json::to_vec_pretty(&summary)
+        .map_err(|e| PipelineError::Write { path: path.clone(), source: e.into() })?;
     std::fs::write(&path, json).map_err(|source| PipelineError::Write { path, source })?;
     Ok(summary)
 }
