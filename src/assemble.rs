@@ -72,7 +72,7 @@ pub struct Series {
 }
 
 fn numbers(obj: &DefaultDicomObject, tag: Tag) -> Option<Vec<f64>> {
-    obj.element(tag).ok()?.to_multi_float64().ok()
+    obj.get(tag)?.to_multi_float64().ok()
 }
 
 fn required<const N: usize>(
@@ -88,7 +88,7 @@ fn required<const N: usize>(
 }
 
 fn text(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
-    let v = obj.element(tag).ok()?.to_str().ok()?;
+    let v = obj.get(tag)?.to_str().ok()?;
     let v = v.trim_matches([' ', '\0']);
     (!v.is_empty()).then(|| v.to_string())
 }
@@ -166,8 +166,8 @@ pub fn plan(paths: &[PathBuf]) -> Result<SeriesPlan, AssembleError> {
         return Err(AssembleError::InvalidOrientation { path: first_path.clone() });
     }
     let normal = cross(row, col);
-    let rows = first.element(tags::ROWS).ok().and_then(|e| e.to_int::<usize>().ok());
-    let cols = first.element(tags::COLUMNS).ok().and_then(|e| e.to_int::<usize>().ok());
+    let rows = first.get(tags::ROWS).and_then(|e| e.to_int::<usize>().ok());
+    let cols = first.get(tags::COLUMNS).and_then(|e| e.to_int::<usize>().ok());
     let (Some(rows), Some(cols)) = (rows, cols) else {
         return Err(AssembleError::MissingAttribute {
             path: first_path.clone(),
@@ -179,7 +179,7 @@ pub fn plan(paths: &[PathBuf]) -> Result<SeriesPlan, AssembleError> {
 
     let mut slices = Vec::with_capacity(headers.len());
     for (path, header) in headers {
-        let frames = header.element(tags::NUMBER_OF_FRAMES).ok().and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1);
+        let frames = header.get(tags::NUMBER_OF_FRAMES).and_then(|e| e.to_int::<u32>().ok()).unwrap_or(1);
         if frames > 1 {
             let sop_class = text(&header, tags::SOP_CLASS_UID).unwrap_or_default();
             return Err(AssembleError::MultiFrame { path, frames, sop_class });
@@ -193,8 +193,8 @@ pub fn plan(paths: &[PathBuf]) -> Result<SeriesPlan, AssembleError> {
         if o.iter().zip(orientation).any(|(a, b)| (a - b).abs() > 1e-4) {
             return Err(AssembleError::MixedOrientation { path });
         }
-        let r = header.element(tags::ROWS).ok().and_then(|e| e.to_int::<usize>().ok());
-        let c = header.element(tags::COLUMNS).ok().and_then(|e| e.to_int::<usize>().ok());
+        let r = header.get(tags::ROWS).and_then(|e| e.to_int::<usize>().ok());
+        let c = header.get(tags::COLUMNS).and_then(|e| e.to_int::<usize>().ok());
         let s: [f64; 2] = required(&header, tags::PIXEL_SPACING, &path, "Pixel Spacing (0028,0030)")?;
         if r != Some(rows) || c != Some(cols) || s.iter().zip(pixel_spacing).any(|(a, b)| (a - b).abs() > 1e-4) {
             let detail = format!("{r:?}x{c:?} at {s:?} mm vs {rows}x{cols} at {pixel_spacing:?} mm");
@@ -295,7 +295,7 @@ fn decode_into(path: &Path, out: &mut [f32]) -> Result<(), AssembleError> {
     let decode_err = |message: String| AssembleError::Decode { path: path.to_path_buf(), message };
     let obj = dicom_object::open_file(path)
         .map_err(|e| AssembleError::Read { path: path.to_path_buf(), message: e.to_string() })?;
-    if obj.element(tags::PIXEL_DATA).is_err() {
+    if obj.get(tags::PIXEL_DATA).is_none() {
         return Err(AssembleError::NoPixelData { path: path.to_path_buf() });
     }
     let decoded = obj.decode_pixel_data().map_err(|e| decode_err(e.to_string()))?;

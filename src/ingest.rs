@@ -262,13 +262,13 @@ fn file_meta(sop_class: &str, sop_instance: &str, transfer_syntax: &str, calling
 }
 
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let v = obj.element(tag).ok()?.to_str().ok()?;
+    let v = obj.get(tag)?.to_str().ok()?;
     let v = v.trim_matches([' ', '\0']);
     (!v.is_empty()).then(|| v.to_string())
 }
 
 fn int(obj: &InMemDicomObject, tag: Tag) -> Option<i64> {
-    obj.element(tag).ok()?.to_int::<i64>().ok()
+    obj.get(tag)?.to_int::<i64>().ok()
 }
 
 fn required_uid(obj: &InMemDicomObject, tag: Tag, name: &str) -> Result<Uid, Refusal> {
@@ -301,9 +301,8 @@ fn parse(
     let study = required_uid(&obj, tags::STUDY_INSTANCE_UID, "Study Instance UID")?;
     let series = required_uid(&obj, tags::SERIES_INSTANCE_UID, "Series Instance UID")?;
     let modality = text(&obj, tags::MODALITY).ok_or_else(|| refuse(Status::CANNOT_UNDERSTAND, "Modality missing"))?;
-    let has_pixels = [tags::PIXEL_DATA, tags::FLOAT_PIXEL_DATA, tags::DOUBLE_FLOAT_PIXEL_DATA]
-        .iter()
-        .any(|t| obj.element(*t).is_ok());
+    let has_pixels =
+        [tags::PIXEL_DATA, tags::FLOAT_PIXEL_DATA, tags::DOUBLE_FLOAT_PIXEL_DATA].iter().any(|t| obj.get(*t).is_some());
     if IMAGE_SOP_CLASSES.contains(&class.as_str()) && !has_pixels {
         return Err(refuse(Status::CANNOT_UNDERSTAND, "Pixel Data missing (incomplete data set)"));
     }

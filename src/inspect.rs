@@ -64,13 +64,13 @@ pub struct Report {
 }
 
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
-    let v = obj.element(tag).ok()?.to_str().ok()?;
+    let v = obj.get(tag)?.to_str().ok()?;
     let v = v.trim_matches([' ', '\0']);
     (!v.is_empty()).then(|| v.to_string())
 }
 
 fn int(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<i64> {
-    obj.element(tag).ok()?.to_int::<i64>().ok()
+    obj.get(tag)?.to_int::<i64>().ok()
 }
 
 fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), InspectError> {

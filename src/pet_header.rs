@@ -18,12 +18,8 @@ pub const PHILIPS_PRIVATE_CREATOR: &str = "Philips PET Private Group";
 /// `None` for `calibrate` to name when a rule needs them; malformed ones are an error here.
 pub fn pet_header(obj: &InMemDicomObject) -> Result<PetHeader, CalibrateError> {
     // QIBA and calculate-suv use the first radiopharmaceutical item.
-    let rp = obj
-        .element_opt(tags::RADIOPHARMACEUTICAL_INFORMATION_SEQUENCE)
-        .ok()
-        .flatten()
-        .and_then(|e| e.items())
-        .and_then(|items| items.first());
+    let rp =
+        obj.get(tags::RADIOPHARMACEUTICAL_INFORMATION_SEQUENCE).and_then(|e| e.items()).and_then(|items| items.first());
     let in_rp = |tag| rp.and_then(|item| text(item, tag));
     let acquisition = match (text(obj, tags::ACQUISITION_DATE), text(obj, tags::ACQUISITION_TIME)) {
         (Some(d), Some(t)) => Some(PrimitiveDateTime::new(
@@ -75,7 +71,9 @@ pub fn series_pet_header<'a>(
 /// A non-empty trimmed string value. Values read as UN (private tags in implicit VR files)
 /// are taken as their bytes, since their text is the encoded string.
 fn text(obj: &InMemDicomObject, tag: Tag) -> Option<String> {
-    let e = obj.element_opt(tag).ok().flatten()?;
+    // `get`, not `element`: a missing tag must not build an error (dicom-rs captures a
+    // backtrace in it), and the private-creator search probes hundreds of absent tags.
+    let e = obj.get(tag)?;
     let s = if e.vr() == VR::UN {
         String::from_utf8_lossy(&e.to_bytes().ok()?).into_owned()
     } else {
