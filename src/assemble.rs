@@ -295,8 +295,11 @@ fn decode_into(path: &Path, out: &mut [f32]) -> Result<(), AssembleError> {
     let decode_err = |message: String| AssembleError::Decode { path: path.to_path_buf(), message };
     let obj = dicom_object::open_file(path)
         .map_err(|e| AssembleError::Read { path: path.to_path_buf(), message: e.to_string() })?;
-    if obj.get(tags::PIXEL_DATA).is_none() {
+    let Some(pixels) = obj.get(tags::PIXEL_DATA) else {
         return Err(AssembleError::NoPixelData { path: path.to_path_buf() });
+    };
+    if native_into(&obj, pixels.value().primitive(), out) {
+        return Ok(());
     }
     let decoded = obj.decode_pixel_data().map_err(|e| decode_err(e.to_string()))?;
     let values: Vec<f32> = decoded.to_vec().map_err(|e| decode_err(e.to_string()))?;
@@ -305,4 +308,39 @@ fn decode_into(path: &Path, out: &mut [f32]) -> Result<(), AssembleError> {
     }
     out.copy_from_slice(&values);
     Ok(())
+}
+
+/// The common case without a codec: 16-bit grayscale stored natively. Applies the Modality LUT
+/// (Rescale Slope/Intercept) straight into the volume; returns false for anything else, which
+/// then goes through dicom-pixeldata.
+fn native_into(obj: &DefaultDicomObject, pixels: Option<&dicom_core::PrimitiveValue>, out: &mut [f32]) -> bool {
+    use dicom_core::PrimitiveValue;
+    let int = |tag| obj.get(tag).and_then(|e| e.to_int::<u32>().ok());
+    let samples = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let (Some(16), Some(stored), Some(representation)) =
+        (int(tags::BITS_ALLOCATED), int(tags::BITS_STORED), int(tags::PIXEL_REPRESENTATION))
+    else {
+        return false;
+    };
+    // A Modality LUT sequence, or bits above Bits Stored that would need masking, take the
+    // general path.
+    if samples != 1 || stored != 16 || obj.get(tags::MODALITY_LUT_SEQUENCE).is_some() {
+        return false;
+    }
+    let float = |tag| obj.get(tag).and_then(|e| e.to_float64().ok());
+    let (slope, intercept) = (float(tags::RESCALE_SLOPE).unwrap_or(1.0), float(tags::RESCALE_INTERCEPT).unwrap_or(0.0));
+    let words: &[u16] = match pixels {
+        Some(PrimitiveValue::U16(v)) if v.len() == out.len() => v,
+        _ => return false,
+    };
+    if representation == 1 {
+        for (o, w) in out.iter_mut().zip(words) {
+            *o = (f64::from(*w as i16) * slope + intercept) as f32;
+        }
+    } else {
+        for (o, w) in out.iter_mut().zip(words) {
+            *o = (f64::from(*w) * slope + intercept) as f32;
+        }
+    }
+    true
 }
