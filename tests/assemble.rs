@@ -231,3 +231,19 @@ fn inspect_reports_geometry_completeness_and_pairing() {
     let warnings = pet["warnings"].to_string();
     assert!(warnings.contains("missing slice") && warnings.contains("PET slices"), "{warnings}");
 }
+
+#[test]
+fn signed_pixels_and_per_slice_rescale_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = series(dir.path(), 3, |i, o| {
+        o.put(DataElement::new(tags::PIXEL_REPRESENTATION, VR::US, PrimitiveValue::from(1u16)));
+        // -500 as a 16-bit two's complement word, with a slope that differs per slice (as PET has).
+        o.put(DataElement::new(tags::PIXEL_DATA, VR::OW, PrimitiveValue::U16(vec![(-500i16) as u16; 256].into())));
+        o.put(DataElement::new(tags::RESCALE_SLOPE, VR::DS, PrimitiveValue::from(format!("{}", i + 1))));
+    });
+    let s = assemble(&files).unwrap();
+    // Sorted along +z, slice k is instance 2 - k: value = -500 * (3 - k) - 1024.
+    for k in 0..3 {
+        assert!(s.volume.slice(k).iter().all(|v| *v == -500.0 * (3 - k) as f32 - 1024.0), "slice {k}");
+    }
+}
