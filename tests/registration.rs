@@ -38,6 +38,7 @@ fn lesion_tre(profile: &str, seed: &str, misalign: &str, extra: &[&str]) -> Vec<
     let ct = assemble(&files(&study.join("CT"))).unwrap();
     let pet = assemble(&files(&study.join("PT"))).unwrap();
     let options = RegistrationOptions::default();
+    // REG_SCAN=1: print the metric along rz, rx and tz around the truth (to look at biases).
     if std::env::var("REG_SCAN").is_ok() {
         let v: Vec<f64> = misalign.split(',').map(|x| x.parse().unwrap()).collect();
         for sigma in [8.0, 2.0] {

@@ -103,7 +103,8 @@ pub struct Registration {
     pub angles_deg: [f64; 3],
     pub translation_mm: [f64; 3],
     pub centre_mm: [f64; 3],
-    /// Mattes mutual information (nats) on the finest level's samples, before and after.
+    /// Mattes mutual information (nats) on the finest level's samples, at the scanner's own
+    /// alignment (identity) and at the result.
     pub metric_initial: f64,
     pub metric_final: f64,
     /// Fraction of the finest level's samples that map inside the moving volume at the end.
