@@ -22,7 +22,7 @@ pub struct RegistrationOptions {
     /// Gaussian smoothing (sigma, mm) of both volumes at each level, coarse to fine; each level
     /// is also downsampled to a voxel size near its sigma.
     pub pyramid_sigma_mm: Vec<f64>,
-    /// Fixed voxels drawn (seeded) per level.
+    /// Fixed sample points per level (seeded random positions, not only voxel centres).
     pub samples: usize,
     /// Histogram bins per intensity axis (including two padding bins each side for the moving
     /// image's cubic Parzen window).
