@@ -2,6 +2,8 @@
 //! nearest neighbour for labels; anything outside the moving volume's field of view gets the
 //! `outside` value. An optional rigid transform maps target (CT) points to moving (PET) points.
 
+pub mod registration;
+
 use rayon::prelude::*;
 
 use crate::volume::{Geometry, Volume};

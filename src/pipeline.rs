@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::assemble::{self, AssembleError};
 use crate::calibrate::{self, CalibrateError};
+use crate::geometry::registration::{Registration, RegistrationError, RegistrationOptions, register_rigid};
 use crate::geometry::{Rigid, resample_linear};
 use crate::inspect::{self, InspectError};
 use crate::nifti;
@@ -25,10 +26,10 @@ pub enum PipelineError {
     Assemble { series_uid: String, source: AssembleError },
     #[error("PET series {series_uid}: {source}")]
     Calibrate { series_uid: String, source: CalibrateError },
-    #[error(
-        "PET series {pet} and CT series {ct} do not share a Frame of Reference: they need rigid registration, which this version does not do yet"
-    )]
-    RegistrationUnavailable { pet: String, ct: String },
+    #[error("registering PET series {pet} to CT series {ct}: {source}")]
+    Registration { pet: String, ct: String, source: RegistrationError },
+    #[error("registering PET series {pet} to CT series {ct}: result rejected, {reason}")]
+    RegistrationRejected { pet: String, ct: String, reason: String },
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -50,13 +51,39 @@ pub struct RunSummary {
     pub pet_dims: [usize; 3],
     /// Files written under the output folder.
     pub outputs: Vec<PathBuf>,
+    /// Present when PET and CT did not share a Frame of Reference.
+    pub registration: Option<Registration>,
     pub seconds: Timings,
+}
+
+/// Limits beyond which a registration is an error rather than output: patient motion between
+/// the CT and the PET of one study is centimetres and a few degrees, never more.
+const MAX_TRANSLATION_MM: f64 = 60.0;
+const MAX_ROTATION_DEG: f64 = 15.0;
+const MIN_OVERLAP_FRACTION: f64 = 0.5;
+
+fn check_registration(r: &Registration) -> Result<(), String> {
+    let shift = r.translation_mm.iter().map(|v| v * v).sum::<f64>().sqrt();
+    if shift > MAX_TRANSLATION_MM {
+        return Err(format!("translation {shift:.1} mm exceeds {MAX_TRANSLATION_MM} mm"));
+    }
+    if let Some(a) = r.angles_deg.iter().find(|a| a.abs() > MAX_ROTATION_DEG) {
+        return Err(format!("rotation {a:.1} degrees exceeds {MAX_ROTATION_DEG} degrees"));
+    }
+    if r.overlap_fraction < MIN_OVERLAP_FRACTION {
+        return Err(format!("only {:.0} % of the CT samples overlap the PET", 100.0 * r.overlap_fraction));
+    }
+    if r.metric_final < r.metric_initial {
+        return Err(format!("mutual information fell from {:.4} to {:.4}", r.metric_initial, r.metric_final));
+    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Timings {
     pub assemble: f64,
     pub calibrate: f64,
+    pub register: f64,
     pub resample: f64,
     pub write: f64,
 }
@@ -71,9 +98,6 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
         .filter(|s| s.modality == "PT" && s.complete)
         .find_map(|s| Some((s, s.paired_ct_series_uid.clone()?, s.needs_registration.unwrap_or(true))))
         .ok_or_else(|| PipelineError::NoPair { dir: dir.to_path_buf() })?;
-    if needs_registration {
-        return Err(PipelineError::RegistrationUnavailable { pet: pet.series_instance_uid.clone(), ct: ct_uid });
-    }
     let ct = report
         .series
         .iter()
@@ -95,7 +119,22 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
     pet_series.volume.data_mut().par_iter_mut().for_each(|v| *v *= factor);
     let t2 = Instant::now();
 
-    let suv_on_ct = resample_linear(&pet_series.volume, ct_series.volume.geometry(), &Rigid::IDENTITY, 0.0);
+    let registration = if needs_registration {
+        let pair = || (pet.series_instance_uid.clone(), ct_uid.clone());
+        let r = register_rigid(&ct_series.volume, &pet_series.volume, &RegistrationOptions::default())
+            .map_err(|source| PipelineError::Registration { pet: pair().0, ct: pair().1, source })?;
+        check_registration(&r).map_err(|reason| PipelineError::RegistrationRejected {
+            pet: pair().0,
+            ct: pair().1,
+            reason,
+        })?;
+        Some(r)
+    } else {
+        None
+    };
+    let t_reg = Instant::now();
+    let transform = registration.as_ref().map_or(Rigid::IDENTITY, |r| r.transform);
+    let suv_on_ct = resample_linear(&pet_series.volume, ct_series.volume.geometry(), &transform, 0.0);
     let t3 = Instant::now();
 
     std::fs::create_dir_all(out).map_err(|source| PipelineError::Write { path: out.to_path_buf(), source })?;
@@ -113,6 +152,13 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
             outputs.push(path);
         }
     }
+    if let Some(r) = &registration {
+        let path = out.join("registration.json");
+        let json =
+            serde_json::to_vec_pretty(r).map_err(|e| PipelineError::Write { path: path.clone(), source: e.into() })?;
+        std::fs::write(&path, json).map_err(|source| PipelineError::Write { path: path.clone(), source })?;
+        outputs.push(path);
+    }
     let t4 = Instant::now();
     let summary = RunSummary {
         pet_series_uid: pet.series_instance_uid.clone(),
@@ -122,10 +168,12 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
         ct_dims: ct_series.volume.geometry().dims,
         pet_dims: pet_series.volume.geometry().dims,
         outputs,
+        registration,
         seconds: Timings {
             assemble: (t1 - t0).as_secs_f64(),
             calibrate: (t2 - t1).as_secs_f64(),
-            resample: (t3 - t2).as_secs_f64(),
+            register: (t_reg - t2).as_secs_f64(),
+            resample: (t3 - t_reg).as_secs_f64(),
             write: (t4 - t3).as_secs_f64(),
         },
     };
