@@ -111,7 +111,6 @@ fn resample_separable(moving: &Volume<f32>, map: &IndexMap, dims: [usize; 3], ou
 /// Any orientation and any rigid transform: every output voxel maps on its own.
 fn resample_general(moving: &Volume<f32>, map: &IndexMap, nx: usize, ny: usize, outside: f32, out: &mut [f32]) {
     let [mx, my, mz] = moving.geometry().dims;
-    let (sx, sy) = (mx, mx * my);
     let src = moving.data();
     let limit = |n: usize| (-0.5, n as f64 - 0.5);
     let (lx, ly, lz) = (limit(mx), limit(my), limit(mz));
@@ -129,20 +128,27 @@ fn resample_general(moving: &Volume<f32>, map: &IndexMap, nx: usize, ny: usize, 
                 }
                 let (x, y, z) =
                     (x.clamp(0.0, (mx - 1) as f64), y.clamp(0.0, (my - 1) as f64), z.clamp(0.0, (mz - 1) as f64));
-                let (x0, y0, z0) = (x.floor() as usize, y.floor() as usize, z.floor() as usize);
-                let (x1, y1, z1) = ((x0 + 1).min(mx - 1), (y0 + 1).min(my - 1), (z0 + 1).min(mz - 1));
-                let (fx, fy, fz) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32, (z - z0 as f64) as f32);
-                let at = |xi: usize, yi: usize, zi: usize| src[zi * sy + yi * sx + xi];
-                let c00 = at(x0, y0, z0) + (at(x1, y0, z0) - at(x0, y0, z0)) * fx;
-                let c10 = at(x0, y1, z0) + (at(x1, y1, z0) - at(x0, y1, z0)) * fx;
-                let c01 = at(x0, y0, z1) + (at(x1, y0, z1) - at(x0, y0, z1)) * fx;
-                let c11 = at(x0, y1, z1) + (at(x1, y1, z1) - at(x0, y1, z1)) * fx;
-                let c0 = c00 + (c10 - c00) * fy;
-                let c1 = c01 + (c11 - c01) * fy;
-                *v = c0 + (c1 - c0) * fz;
+                *v = interpolate(src, [mx, my, mz], [x, y, z]);
             }
         }
     });
+}
+
+/// Trilinear value at a continuous index that lies within the voxel centres' hull
+/// (`0 <= x <= nx - 1`, and so on); `data` is `(z, y, x)` with `dims` `[nx, ny, nz]`.
+pub(crate) fn interpolate(data: &[f32], dims: [usize; 3], [x, y, z]: [f64; 3]) -> f32 {
+    let [mx, my, mz] = dims;
+    let (x0, y0, z0) = (x.floor() as usize, y.floor() as usize, z.floor() as usize);
+    let (x1, y1, z1) = ((x0 + 1).min(mx - 1), (y0 + 1).min(my - 1), (z0 + 1).min(mz - 1));
+    let (fx, fy, fz) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32, (z - z0 as f64) as f32);
+    let at = |xi: usize, yi: usize, zi: usize| data[(zi * my + yi) * mx + xi];
+    let c00 = at(x0, y0, z0) + (at(x1, y0, z0) - at(x0, y0, z0)) * fx;
+    let c10 = at(x0, y1, z0) + (at(x1, y1, z0) - at(x0, y1, z0)) * fx;
+    let c01 = at(x0, y0, z1) + (at(x1, y0, z1) - at(x0, y0, z1)) * fx;
+    let c11 = at(x0, y1, z1) + (at(x1, y1, z1) - at(x0, y1, z1)) * fx;
+    let c0 = c00 + (c10 - c00) * fy;
+    let c1 = c01 + (c11 - c01) * fy;
+    c0 + (c1 - c0) * fz
 }
 
 /// Nearest-neighbour resampling for label volumes; outside the field of view is `outside`.

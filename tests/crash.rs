@@ -38,7 +38,7 @@ fn kill_during_storescu(backend: Backend) {
             .collect();
         for f in batches.iter().flatten() {
             let bytes = std::fs::read(f).unwrap();
-            sources.insert(sop_of(f), data_set_bytes(&bytes).to_vec());
+            sources.insert(sop_uid(f), data_set_bytes(&bytes).to_vec());
         }
         let senders: Vec<_> = batches
             .iter()
@@ -71,7 +71,7 @@ fn kill_during_storescu(backend: Backend) {
 
         let index = indexed(&node.db.url);
         for f in &acknowledged {
-            let sop = sop_of(f);
+            let sop = sop_uid(f);
             let path = index.get(&sop).unwrap_or_else(|| panic!("round {round}: acknowledged {sop} is not indexed"));
             let stored = std::fs::read(node.storage().join(path)).unwrap_or_else(|e| panic!("acknowledged {sop}: {e}"));
             assert_eq!(data_set_bytes(&stored), sources[&sop].as_slice(), "acknowledged {sop} differs on disk");
@@ -88,17 +88,6 @@ fn kill_during_storescu(backend: Backend) {
     }
     // The restarted node serves again.
     assert_success(&node.echoscu("ECHOSCU"), "echo after restart");
-}
-
-fn sop_of(f: &std::path::Path) -> String {
-    let obj =
-        dicom_object::OpenFileOptions::new().read_until(dicom_dictionary_std::tags::PIXEL_DATA).open_file(f).unwrap();
-    obj.element(dicom_dictionary_std::tags::SOP_INSTANCE_UID)
-        .unwrap()
-        .to_str()
-        .unwrap()
-        .trim_end_matches('\0')
-        .to_string()
 }
 
 #[test]

@@ -549,17 +549,7 @@ fn trilinear(data: &[f32], dims: [usize; 3], idx: [f64; 3]) -> Option<f32> {
     if !(x >= 0.0 && y >= 0.0 && z >= 0.0 && x <= (mx - 1) as f64 && y <= (my - 1) as f64 && z <= (mz - 1) as f64) {
         return None;
     }
-    let (x0, y0, z0) = (x.floor() as usize, y.floor() as usize, z.floor() as usize);
-    let (x1, y1, z1) = ((x0 + 1).min(mx - 1), (y0 + 1).min(my - 1), (z0 + 1).min(mz - 1));
-    let (fx, fy, fz) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32, (z - z0 as f64) as f32);
-    let at = |xi: usize, yi: usize, zi: usize| data[(zi * my + yi) * mx + xi];
-    let c00 = at(x0, y0, z0) + (at(x1, y0, z0) - at(x0, y0, z0)) * fx;
-    let c10 = at(x0, y1, z0) + (at(x1, y1, z0) - at(x0, y1, z0)) * fx;
-    let c01 = at(x0, y0, z1) + (at(x1, y0, z1) - at(x0, y0, z1)) * fx;
-    let c11 = at(x0, y1, z1) + (at(x1, y1, z1) - at(x0, y1, z1)) * fx;
-    let c0 = c00 + (c10 - c00) * fy;
-    let c1 = c01 + (c11 - c01) * fy;
-    Some(c0 + (c1 - c0) * fz)
+    Some(super::interpolate(data, dims, idx))
 }
 
 /// The intensity range used for binning: the minimum to the 99.9th percentile, so a few very hot

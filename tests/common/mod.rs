@@ -323,6 +323,12 @@ pub fn data_set_bytes(file: &[u8]) -> &[u8] {
     &file[144 + group_len..]
 }
 
+/// The SOP Instance UID of a Part 10 file (header only).
+pub fn sop_uid(file: &Path) -> String {
+    let obj = dicom_object::OpenFileOptions::new().read_until(tags::PIXEL_DATA).open_file(file).unwrap();
+    obj.element(tags::SOP_INSTANCE_UID).unwrap().to_str().unwrap().trim_end_matches('\0').to_string()
+}
+
 /// What a synthetic series looks like.
 #[derive(Clone, Debug)]
 pub struct SeriesSpec {
