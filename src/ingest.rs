@@ -349,23 +349,8 @@ pub fn acquired_at_ms(obj: &InMemDicomObject) -> Option<i64> {
 
 /// DICOM DA + TM as milliseconds on a naive clock (no time zone): only differences matter.
 pub fn naive_ms(date: &str, time: &str) -> Option<i64> {
-    let d = date.trim();
-    if d.len() != 8 || !d.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (y, m, day) = (d[0..4].parse::<i32>().ok()?, d[4..6].parse::<u8>().ok()?, d[6..8].parse::<u8>().ok()?);
-    let date = time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, day).ok()?;
-    let t = time.trim();
-    let (hms, frac) = t.split_once('.').unwrap_or((t, ""));
-    if hms.is_empty() || hms.len() % 2 != 0 || hms.len() > 6 || !hms.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let field = |i: usize| hms.get(i..i + 2).map_or(Some(0), |s| s.parse::<i64>().ok());
-    let (h, mi, s) = (field(0)?, field(2)?, field(4)?);
-    let ms = if frac.is_empty() { 0 } else { format!("{frac:0<3}")[..3].parse::<i64>().ok()? };
-    let days = (date.to_julian_day()
-        - time::Date::from_calendar_date(1970, time::Month::January, 1).ok()?.to_julian_day()) as i64;
-    Some(((days * 24 + h) * 60 + mi) * 60_000 + s * 1000 + ms)
+    let at = time::PrimitiveDateTime::new(crate::pet_header::parse_da(date)?, crate::pet_header::parse_tm(time)?);
+    Some((at.assume_utc().unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 #[cfg(test)]
