@@ -1045,13 +1045,7 @@ impl Model {
                 h1: spine_end + 30.0,
                 f: move |h| {
                     let r = if h < 300.0 { 8.0 } else { 9.0 };
-                    let ry = if h < 300.0 {
-                        10.0
-                    } else if h < 560.0 {
-                        15.0
-                    } else {
-                        18.5
-                    };
+                    let ry = canal_offset_mm(h);
                     Some((0.0, spine(h) + ry + 10.0, r, r))
                 },
             },
@@ -1063,13 +1057,7 @@ impl Model {
                 h0: 180.0,
                 h1: 700.0,
                 f: move |h| {
-                    let ry = if h < 300.0 {
-                        10.0
-                    } else if h < 560.0 {
-                        15.0
-                    } else {
-                        18.5
-                    };
+                    let ry = canal_offset_mm(h);
                     Some((0.0, spine(h) + ry + 10.0, 4.5, 4.0))
                 },
             },
@@ -1441,6 +1429,18 @@ impl Builder {
     fn jitter_ellipsoid(&self, name: &str, c: [f64; 3], r: [f64; 3], scale_sd: f64, shift_sd: f64) -> Ellipsoid {
         let (scale, shift) = self.jitter(name, scale_sd, shift_sd);
         Ellipsoid::new([c[0] + shift[0], c[1] + shift[1], c[2] + shift[2]], r.map(|v| v * scale))
+    }
+}
+
+/// How far behind the vertebral body centre the spinal canal sits at height `h` (mm): larger
+/// vertebrae lower down push it back.
+fn canal_offset_mm(h: f64) -> f64 {
+    if h < 300.0 {
+        10.0
+    } else if h < 560.0 {
+        15.0
+    } else {
+        18.5
     }
 }
 
