@@ -10,7 +10,8 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 BIN = sys.argv[1] if len(sys.argv) > 1 else os.path.join(HERE, "..", "target", "release", "petct-node")
-CASES = [("31", "10,-5,8,2,0,3"), ("32", "20,0,0,0,0,5"), ("33", "-15,12,-6,4,-3,0")]
+CASES = [("31", "10,-5,8,2,0,3"), ("32", "20,0,0,0,0,5"), ("33", "-15,12,-6,4,-3,0"), ("34", "5,10,-12,-3,4,2"),
+         ("35", "-10,-18,6,5,2,-4")]
 PROFILE = ["--profile", "wholebody", "--slices", "120"]
 
 

@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::*;
 use petct_node::assemble::assemble;
@@ -26,43 +25,58 @@ fn apply(m: &serde_json::Value, p: [f64; 3]) -> [f64; 3] {
 fn lesion_tre(profile: &str, seed: &str, misalign: &str, extra: &[&str]) -> Vec<f64> {
     let work = tempfile::tempdir().unwrap();
     let study = work.path().join("study");
-    let out = Command::new(bin())
-        .args(["phantom", "--profile", profile, "--seed", seed, "--misalign", misalign, "--out"])
-        .arg(&study)
-        .args(extra)
-        .output()
-        .unwrap();
-    assert_success(&out, "phantom");
-    let truth: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(study.join("truth/truth.json")).unwrap()).unwrap();
+    let (_, truth) =
+        write_phantom(&study, &[&["--profile", profile, "--seed", seed, "--misalign", misalign], extra].concat());
     let ct = assemble(&files(&study.join("CT"))).unwrap();
     let pet = assemble(&files(&study.join("PT"))).unwrap();
-    let options = RegistrationOptions::default();
-    // REG_SCAN=1: print the metric along rz, rx and tz around the truth (to look at biases).
+    let mut options = RegistrationOptions::default();
+    // REG_PYRAMID, REG_SAMPLES_ALL, REG_FINAL_SAMPLES: try other options (to tune the defaults).
+    if let Ok(p) = std::env::var("REG_PYRAMID") {
+        options.pyramid_sigma_mm = p.split(',').map(|x| x.parse().unwrap()).collect();
+    }
+    if let Ok(p) = std::env::var("REG_SAMPLES_ALL") {
+        options.samples = p.parse().unwrap();
+    }
+    if let Ok(p) = std::env::var("REG_FINAL_SAMPLES") {
+        options.final_samples = p.parse().unwrap();
+    }
+    // REG_SCAN=1: print the metric along tz around the truth, on samples drawn at the truth
+    // (REG_SIGMAS, REG_BINS, REG_SAMPLES, REG_MARGIN override the options).
     if std::env::var("REG_SCAN").is_ok() {
         let v: Vec<f64> = misalign.split(',').map(|x| x.parse().unwrap()).collect();
-        for sigma in [8.0, 2.0] {
-            for d in [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0] {
-                let mi = |a: [f64; 3], t: [f64; 3]| {
-                    petct_node::geometry::registration::mutual_information_at(
-                        &ct.volume,
-                        &pet.volume,
-                        sigma,
-                        a,
-                        t,
-                        &options,
-                    )
-                    .unwrap()
-                };
-                let a = [v[3], v[4], v[5]];
-                let t = [v[0], v[1], v[2]];
-                eprintln!(
-                    "sigma {sigma} d {d}: rz {:.5} rx {:.5} tz {:.5}",
-                    mi([a[0], a[1], a[2] + d], t),
-                    mi([a[0] + d, a[1], a[2]], t),
-                    mi(a, [t[0], t[1], t[2] + d])
-                );
+        let env = |k: &str| std::env::var(k).ok();
+        let mut o = options.clone();
+        o.initial_angles_deg = [v[3], v[4], v[5]];
+        o.initial_translation_mm = [v[0], v[1], v[2]];
+        if let Some(b) = env("REG_BINS") {
+            o.bins = b.parse().unwrap();
+        }
+        if let Some(b) = env("REG_SAMPLES") {
+            o.samples = b.parse().unwrap();
+        }
+        if let Some(b) = env("REG_MARGIN") {
+            o.edge_margin_mm = b.parse().unwrap();
+        }
+        let sigmas: Vec<f64> =
+            env("REG_SIGMAS").unwrap_or("8,2".into()).split(',').map(|x| x.parse().unwrap()).collect();
+        for sigma in sigmas {
+            let mut line = format!("sigma {sigma} tz:");
+            for d in [-1.0, -0.5, 0.0, 0.5, 1.0, 1.5, 2.0, 2.5] {
+                let mi = petct_node::geometry::registration::mutual_information_at(
+                    &ct.volume,
+                    &pet.volume,
+                    sigma,
+                    [v[3], v[4], v[5]],
+                    [v[0], v[1], v[2] + d],
+                    &o,
+                )
+                .unwrap();
+                line += &format!(" {d}:{mi:.5}");
             }
+            eprintln!("{line}");
+        }
+        if env("REG_ONLY_SCAN").is_some() {
+            return vec![];
         }
     }
     let reg = register_rigid(&ct.volume, &pet.volume, &options).unwrap();
@@ -97,10 +111,13 @@ fn lesion_tre(profile: &str, seed: &str, misalign: &str, extra: &[&str]) -> Vec<
 
 /// `small` has 13 mm slices (CT and PET) and 8 mm PET pixels: too coarse for 2 mm in z, so the
 /// accuracy cases use `wholebody` cut to 120 slices (3 mm CT slices, 4 mm PET pixels).
+/// The bound is below elastix's worst lesion TRE on the first three cases (1.18 to 1.28 mm,
+/// BENCHMARKS.md, `bench/registration_vs_elastix.py`); ours measured 0.51 to 1.07 mm (the last,
+/// where elastix does better: 0.36 mm).
 fn check(seed: &str, misalign: &str) {
     let tre = lesion_tre("wholebody", seed, misalign, &["--slices", "120"]);
     let worst = tre.iter().cloned().fold(0.0, f64::max);
-    assert!(worst < 2.0, "{misalign}: worst lesion TRE {worst:.2} mm >= 2 mm: {tre:?}");
+    assert!(worst < 1.15, "{misalign}: worst lesion TRE {worst:.2} mm >= 1.15 mm: {tre:?}");
 }
 
 #[test]
@@ -116,6 +133,11 @@ fn twenty_mm_and_five_degrees() {
 #[test]
 fn all_axes() {
     check("33", "-15,12,-6,4,-3,0");
+}
+
+#[test]
+fn rotations_about_x_and_y_another_seed() {
+    check("34", "5,10,-12,-3,4,2");
 }
 
 /// The coarse `small` profile: figures printed for the report, only a loose bound checked.
