@@ -29,9 +29,9 @@ if ((${#need[@]})); then
 fi
 
 # --- Python readers used by tests ------------------------------------------------------------
-if ! python3 -c 'import pydicom, numpy, SimpleITK' 2>/dev/null; then
-  log "installing pydicom, numpy and SimpleITK"
-  python3 -m pip install -q --disable-pip-version-check pydicom numpy SimpleITK
+if ! python3 -c 'import pydicom, numpy, SimpleITK, highdicom' 2>/dev/null; then
+  log "installing pydicom, numpy, SimpleITK and highdicom"
+  python3 -m pip install -q --disable-pip-version-check pydicom numpy SimpleITK highdicom
 fi
 
 # --- OHIF's SUV reference implementation (npm), fetched before the network goes away ---------

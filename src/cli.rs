@@ -40,20 +40,29 @@ pub enum Command {
     /// Jobs: one per PET series and its CT.
     Jobs {
         #[command(subcommand)]
-        action: ListAction,
+        action: JobsAction,
     },
+    /// The whole job on this machine: a phantom study sent to the node over DICOM, processed,
+    /// the results received back on a local destination, the lesions printed.
+    Demo(crate::demo::DemoArgs),
     /// Write a synthetic whole-body FDG PET/CT study with ground truth.
     Phantom(crate::phantom::PhantomArgs),
     /// The offline pipeline on a folder: PET and CT to aligned SUV and HU volumes.
     Run {
         /// Folder holding the PET and CT series (scanned recursively).
         dir: PathBuf,
-        /// Output folder (created): run.json and, with --export-volumes, NIfTI volumes.
+        /// Output folder (created): seg.dcm, sr.dcm, mip.dcm, mip.png, findings.json, run.json
+        /// and, with --export-volumes, NIfTI volumes.
         #[arg(long)]
         out: PathBuf,
-        /// Write ct_hu.nii.gz, suv.nii.gz (native PET grid) and suv_on_ct.nii.gz.
+        /// Write ct_hu.nii.gz, suv.nii.gz (native PET grid), suv_on_ct.nii.gz, mask.nii.gz and
+        /// lesions.nii.gz.
         #[arg(long)]
         export_volumes: bool,
+        /// Take the processing settings ([registration], [segmentation]) from this node
+        /// configuration; built-in defaults without it.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Every series under a folder (files or the node's store): geometry, completeness, pairing.
     Inspect {
@@ -74,6 +83,25 @@ pub enum ListAction {
         /// One JSON document on stdout, for scripts.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+pub enum JobsAction {
+    /// List them by id, with stage, attempts, last error and delivery state per destination.
+    List {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One JSON document on stdout, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a failed or dead job again (only its failed deliveries, if processing succeeded).
+    Retry {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// The job's id, as `jobs list` shows it.
+        id: i64,
     },
 }
 
@@ -107,20 +135,26 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(c) => {
             let settings = Config::load(&c.config)?;
-            runtime()?.block_on(crate::server::serve(settings))?;
+            let rt = runtime()?;
+            let served = rt.block_on(crate::server::serve(settings));
+            // A pipeline thread of a handed-back job must not hold the exit.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            served?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { file } => match Config::load(&file) {
             Ok(s) => {
                 println!(
-                    "{}: OK (AE {} on {}, {} peer(s){}, storage {}, database {})",
+                    "{}: OK (AE {} on {}, {} peer(s){}, storage {}, database {}, {} worker(s), destinations: {})",
                     file.display(),
                     s.ae_title,
                     s.bind,
                     s.peers.len(),
                     if s.allow_any_caller { ", any caller allowed" } else { "" },
                     s.storage_dir.display(),
-                    redact_url(&s.database_url)
+                    redact_url(&s.database_url),
+                    s.worker.count,
+                    destinations(&s.destinations)
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -171,8 +205,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { dir, out, export_volumes } => {
-            let summary = crate::pipeline::run(&dir, &out, export_volumes)?;
+        Command::Run { dir, out, export_volumes, config } => {
+            let options = match config {
+                Some(path) => crate::pipeline::PipelineOptions::from_settings(&Config::load(&path)?),
+                None => Default::default(),
+            };
+            let options = crate::pipeline::PipelineOptions { export_volumes, ..options };
+            let summary = crate::pipeline::run(&dir, &out, &options)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -185,38 +224,78 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Demo(args) => {
+            crate::demo::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Phantom(args) => {
             let summary = crate::phantom::run(&args)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs { action: ListAction::List { config, json } } => {
+        Command::Jobs { action: JobsAction::List { config, json } } => {
             let rows = runtime()?
                 .block_on(async { open_db(&config.config).await?.list_jobs().await.map_err(anyhow::Error::from) })?;
             if json {
                 println!("{}", serde_json::json!({ "jobs": rows }));
             } else {
-                println!(
-                    "{:>5}  {:<10}  {:<20}  {:<20}  {:<8}  {:<4}  PET SERIES -> CT SERIES",
-                    "ID", "STATE", "CREATED", "FINISHED", "REG", "TRY"
-                );
-                for j in rows {
-                    println!(
-                        "{:>5}  {:<10}  {:<20}  {:<20}  {:<8}  {:<4}  {} -> {}{}",
-                        j.id,
-                        j.state,
-                        format_ms(Some(j.created_at_ms)),
-                        format_ms(j.finished_at_ms),
-                        if j.needs_registration { "needed" } else { "same FoR" },
-                        j.attempts,
-                        j.pet_series_uid,
-                        j.ct_series_uid,
-                        j.last_error.map(|e| format!("  error: {e}")).unwrap_or_default()
-                    );
+                print_jobs(&rows);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { action: JobsAction::Retry { config, id } } => {
+            use crate::queue::RetryOutcome;
+            let outcome = runtime()?.block_on(async {
+                open_db(&config.config).await?.retry_job(id, crate::ingest::now_ms()).await.map_err(anyhow::Error::from)
+            })?;
+            match outcome {
+                RetryOutcome::Requeued => println!("job {id} queued again"),
+                RetryOutcome::Redelivering { destinations } => {
+                    println!("job {id}: delivery to {destinations} destination(s) queued again")
+                }
+                RetryOutcome::NotFound => anyhow::bail!("no job {id}"),
+                RetryOutcome::NotRetryable { state } => {
+                    anyhow::bail!("job {id} is {state}: only failed or dead jobs can be retried")
                 }
             }
             Ok(ExitCode::SUCCESS)
         }
+    }
+}
+
+fn print_jobs(rows: &[crate::db::JobRow]) {
+    println!(
+        "{:>5}  {:<10}  {:<8}  {:<3}  {:<20}  {:<20}  {:<8}  DELIVERIES / PET SERIES -> CT SERIES",
+        "ID", "STATE", "STAGE", "TRY", "CREATED", "FINISHED", "REG"
+    );
+    for j in rows {
+        let deliveries: Vec<String> = j
+            .deliveries
+            .iter()
+            .map(|d| {
+                let retry = if d.state == "pending" {
+                    format!(", next {}", format_ms(Some(d.next_attempt_at_ms)))
+                } else {
+                    String::new()
+                };
+                let error = d.last_error.as_ref().map(|e| format!(", error: {e}")).unwrap_or_default();
+                format!("{}: {} (tries {}{retry}{error})", d.destination, d.state, d.attempts)
+            })
+            .collect();
+        println!(
+            "{:>5}  {:<10}  {:<8}  {:<3}  {:<20}  {:<20}  {:<8}  {}{} -> {}{}",
+            j.id,
+            j.state,
+            j.stage.as_deref().unwrap_or("-"),
+            j.attempts,
+            format_ms(Some(j.created_at_ms)),
+            format_ms(j.finished_at_ms),
+            if j.needs_registration { "needed" } else { "same FoR" },
+            if deliveries.is_empty() { String::new() } else { format!("[{}] ", deliveries.join("; ")) },
+            j.pet_series_uid,
+            j.ct_series_uid,
+            j.last_error.as_ref().map(|e| format!("  error: {e}")).unwrap_or_default()
+        );
     }
 }
 
@@ -260,6 +339,13 @@ fn format_ms(ms: Option<i64>) -> String {
         .ok()
         .and_then(|t| t.format(&fmt).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+fn destinations(d: &[crate::config::Destination]) -> String {
+    if d.is_empty() {
+        return "none".into();
+    }
+    d.iter().map(|d| format!("{} ({}@{}:{})", d.name, d.ae_title, d.host, d.port)).collect::<Vec<_>>().join(", ")
 }
 
 /// Hides a password in a database URL before printing it.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ids::AeTitle;
+use crate::pipeline::RegistrationPolicy;
+use crate::segment::SegmentOptions;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -40,6 +42,18 @@ pub struct Config {
     pub limits: LimitsConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    #[serde(default)]
+    pub worker: WorkerConfig,
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
+    /// Where results are sent by C-STORE, each independently.
+    #[serde(default)]
+    pub destinations: Vec<DestinationConfig>,
+    #[serde(default)]
+    pub registration: RegistrationPolicy,
+    /// The classical segmentation (always available; used when no model is configured).
+    #[serde(default)]
+    pub segmentation: SegmentOptions,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -129,6 +143,119 @@ impl Default for ShutdownConfig {
     }
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// Jobs processed at once by this node; 0 makes a receive-only node.
+    pub count: usize,
+    /// A running job whose heartbeat is older than this is re-queued by any node's reaper.
+    pub lease_timeout_s: f64,
+    pub heartbeat_interval_s: f64,
+    /// Tries of a job (processing) before a retryable error makes it `dead`.
+    pub max_attempts: u32,
+    /// How often an idle worker looks for a job.
+    pub poll_interval_s: f64,
+    /// Backoff before re-running a job after a retryable error: doubles per attempt, capped.
+    pub initial_backoff_s: f64,
+    pub max_backoff_s: f64,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            count: 1,
+            lease_timeout_s: 60.0,
+            heartbeat_interval_s: 10.0,
+            max_attempts: 3,
+            poll_interval_s: 1.0,
+            initial_backoff_s: 30.0,
+            max_backoff_s: 600.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Tries per destination before its delivery is `failed`.
+    pub max_attempts: u32,
+    /// Wait after a failed try: doubles per attempt, capped at `max_backoff_s`.
+    pub initial_backoff_s: f64,
+    pub max_backoff_s: f64,
+    pub connect_timeout_s: f64,
+    /// Longest wait for any one exchange with the destination (association, response, release).
+    pub timeout_s: f64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 10,
+            initial_backoff_s: 10.0,
+            max_backoff_s: 600.0,
+            connect_timeout_s: 10.0,
+            timeout_s: 60.0,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DestinationConfig {
+    /// Unique name, shown by `jobs list`.
+    pub name: String,
+    /// Called AE title.
+    pub ae_title: String,
+    pub host: String,
+    pub port: u16,
+    /// Calling AE title for this destination; `node.ae_title` when absent.
+    pub calling_ae_title: Option<String>,
+}
+
+/// Job processing after validation.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub count: usize,
+    pub lease_timeout: Duration,
+    pub heartbeat_interval: Duration,
+    pub max_attempts: u32,
+    pub poll_interval: Duration,
+    pub backoff: Backoff,
+}
+
+/// Delivery after validation.
+#[derive(Debug, Clone)]
+pub struct DeliverySettings {
+    pub max_attempts: u32,
+    pub backoff: Backoff,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// Exponential backoff: `initial * 2^(attempt-1)`, at most `max`.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// The wait after the `attempt`-th failed try (1-based).
+    pub fn after(&self, attempt: u32) -> Duration {
+        let factor = 2f64.powi(attempt.saturating_sub(1).min(30) as i32);
+        self.initial.mul_f64(factor).min(self.max)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Destination {
+    pub name: String,
+    pub ae_title: AeTitle,
+    pub calling_ae_title: AeTitle,
+    pub host: String,
+    pub port: u16,
+}
+
 /// A peer after validation: its AE title and the addresses it may come from.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -153,6 +280,11 @@ pub struct Settings {
     pub max_instance_bytes: u64,
     pub idle_timeout: Duration,
     pub shutdown_deadline: Duration,
+    pub worker: WorkerSettings,
+    pub delivery: DeliverySettings,
+    pub destinations: Vec<Destination>,
+    pub registration: RegistrationPolicy,
+    pub segmentation: SegmentOptions,
 }
 
 impl Config {
@@ -254,6 +386,12 @@ impl Config {
                 Ok(())
             },
         );
+        for (key, message) in self.registration.problems() {
+            check(&format!("registration.{key}"), Err(message));
+        }
+        for (key, message) in self.segmentation.problems() {
+            check(&format!("segmentation.{key}"), Err(message));
+        }
         let url = &self.database.url;
         let database_url = if url.is_empty() {
             format!("sqlite://{}?mode=rwc", self.storage.dir.join("petct-node.db").display())
@@ -265,10 +403,16 @@ impl Config {
             "database.url",
             if known_scheme { Ok(()) } else { Err("must start with postgres://, postgresql:// or sqlite:".into()) },
         );
-        match (ae_title, bind, quiet, idle, deadline) {
-            (Ok(ae_title), Ok(bind), Ok(ct_quiet_period), Ok(idle_timeout), Ok(shutdown_deadline))
-                if problems.is_empty() =>
-            {
+        let jobs = self.jobs_settings(ae_title.as_ref().ok(), &mut problems);
+        match (ae_title, bind, quiet, idle, deadline, jobs) {
+            (
+                Ok(ae_title),
+                Ok(bind),
+                Ok(ct_quiet_period),
+                Ok(idle_timeout),
+                Ok(shutdown_deadline),
+                Some((worker, delivery, destinations)),
+            ) if problems.is_empty() => {
                 if peers.is_empty() && !self.node.allow_any_caller {
                     tracing::warn!(
                         "no [[peers]] configured and node.allow_any_caller is false: every association will be rejected"
@@ -289,10 +433,95 @@ impl Config {
                     max_instance_bytes: l.max_instance_bytes,
                     idle_timeout,
                     shutdown_deadline,
+                    worker,
+                    delivery,
+                    destinations,
+                    registration: self.registration.clone(),
+                    segmentation: self.segmentation.clone(),
                 })
             }
             _ => Err(ConfigError::Invalid { path: path.into(), problems }),
         }
+    }
+}
+
+impl Config {
+    /// `[worker]`, `[delivery]` and `[[destinations]]`; problems are appended with their key.
+    fn jobs_settings(
+        &self,
+        node_ae: Option<&AeTitle>,
+        problems: &mut Vec<(String, String)>,
+    ) -> Option<(WorkerSettings, DeliverySettings, Vec<Destination>)> {
+        let before = problems.len();
+        let mut seconds = |key: &str, v: f64| {
+            if v.is_finite() && v > 0.0 {
+                Duration::from_secs_f64(v)
+            } else {
+                problems.push((key.to_string(), format!("must be a positive number of seconds, got {v}")));
+                Duration::ZERO
+            }
+        };
+        let w = &self.worker;
+        let worker = WorkerSettings {
+            count: w.count,
+            lease_timeout: seconds("worker.lease_timeout_s", w.lease_timeout_s),
+            heartbeat_interval: seconds("worker.heartbeat_interval_s", w.heartbeat_interval_s),
+            max_attempts: w.max_attempts,
+            poll_interval: seconds("worker.poll_interval_s", w.poll_interval_s),
+            backoff: Backoff {
+                initial: seconds("worker.initial_backoff_s", w.initial_backoff_s),
+                max: seconds("worker.max_backoff_s", w.max_backoff_s),
+            },
+        };
+        let d = &self.delivery;
+        let delivery = DeliverySettings {
+            max_attempts: d.max_attempts,
+            backoff: Backoff {
+                initial: seconds("delivery.initial_backoff_s", d.initial_backoff_s),
+                max: seconds("delivery.max_backoff_s", d.max_backoff_s),
+            },
+            connect_timeout: seconds("delivery.connect_timeout_s", d.connect_timeout_s),
+            timeout: seconds("delivery.timeout_s", d.timeout_s),
+        };
+        // A heartbeat at least twice per lease, so one late beat does not lose the job.
+        if worker.heartbeat_interval.mul_f64(2.0) > worker.lease_timeout {
+            problems.push((
+                "worker.heartbeat_interval_s".into(),
+                format!("must be at most half of worker.lease_timeout_s ({})", w.lease_timeout_s),
+            ));
+        }
+        for (key, v) in [("worker.max_attempts", w.max_attempts), ("delivery.max_attempts", d.max_attempts)] {
+            if v == 0 {
+                problems.push((key.into(), "must be at least 1".into()));
+            }
+        }
+        let mut destinations = Vec::with_capacity(self.destinations.len());
+        for (i, c) in self.destinations.iter().enumerate() {
+            let mut ae = |key: &str, raw: &str| {
+                AeTitle::parse(raw).map_err(|e| problems.push((format!("destinations[{i}].{key}"), e.to_string()))).ok()
+            };
+            let ae_title = ae("ae_title", &c.ae_title);
+            let calling = match &c.calling_ae_title {
+                Some(raw) => ae("calling_ae_title", raw),
+                None => node_ae.cloned(),
+            };
+            if c.name.trim().is_empty() || self.destinations[..i].iter().any(|o| o.name == c.name) {
+                problems.push((format!("destinations[{i}].name"), format!("{:?} is empty or not unique", c.name)));
+            }
+            if c.port == 0 {
+                problems.push((format!("destinations[{i}].port"), "must be 1..=65535".into()));
+            }
+            if let (Some(ae_title), Some(calling_ae_title)) = (ae_title, calling) {
+                destinations.push(Destination {
+                    name: c.name.clone(),
+                    ae_title,
+                    calling_ae_title,
+                    host: c.host.clone(),
+                    port: c.port,
+                });
+            }
+        }
+        (problems.len() == before).then_some((worker, delivery, destinations))
     }
 }
 
@@ -341,6 +570,29 @@ mod tests {
             "max_instance_bytes",
             "idle_timeout_s",
             "deadline_s",
+            "count",
+            "lease_timeout_s",
+            "heartbeat_interval_s",
+            "max_attempts",
+            "poll_interval_s",
+            "initial_backoff_s",
+            "max_backoff_s",
+            "connect_timeout_s",
+            "timeout_s",
+            "name",
+            "port",
+            "calling_ae_title",
+            "always",
+            "max_translation_mm",
+            "max_rotation_deg",
+            "min_overlap_fraction",
+            "suv_threshold",
+            "relative_threshold",
+            "connectivity",
+            "min_volume_ml",
+            "growth_mm",
+            "min_prominence",
+            "body_hu_threshold",
         ] {
             assert!(text.lines().any(|l| l.trim_start().starts_with(&format!("{key} ="))), "{key} undocumented");
         }
@@ -366,10 +618,31 @@ mod tests {
         assert!(e.contains("node.bind"), "{e}");
         let e = parse("[database]\nurl = \"mysql://x\"\n").unwrap_err().to_string();
         assert!(e.contains("database.url"), "{e}");
+        let e = parse("[registration]\nmin_overlap_fraction = 1.5\n").unwrap_err().to_string();
+        assert!(e.contains("registration.min_overlap_fraction"), "{e}");
         let e = parse("[series]\nct_quiet_period_s = 0\n").unwrap_err().to_string();
         assert!(e.contains("series.ct_quiet_period_s"), "{e}");
+        let e = parse("[segmentation]\nconnectivity = 8\n").unwrap_err().to_string();
+        assert!(e.contains("segmentation.connectivity") && e.contains("6, 18 or 26"), "{e}");
+        let e = parse("[segmentation]\nrelative_threshold = 1.5\n").unwrap_err().to_string();
+        assert!(e.contains("segmentation.relative_threshold"), "{e}");
         let e = parse("[storage\n").unwrap_err().to_string();
         assert!(e.contains("test.toml"), "{e}");
+    }
+
+    #[test]
+    fn segmentation_connectivity_is_a_number_or_its_text() {
+        use crate::quantify::Connectivity;
+        assert_eq!(parse("").unwrap().segmentation, SegmentOptions::default());
+        assert_eq!(
+            parse("[segmentation]\nconnectivity = 26\n").unwrap().segmentation.connectivity,
+            Connectivity::Corners26
+        );
+        assert_eq!(
+            parse("[segmentation]\nconnectivity = \"6\"\n").unwrap().segmentation.connectivity,
+            Connectivity::Faces6
+        );
+        assert!(parse("[segmentation]\nconnectivity = \"x\"\n").is_err());
     }
 
     #[test]
@@ -378,6 +651,38 @@ mod tests {
         let ConfigError::Invalid { problems, .. } = e else { panic!("{e}") };
         let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(keys, ["node.ae_title", "node.bind", "limits.max_associations"]);
+    }
+
+    #[test]
+    fn worker_and_destinations_are_checked() {
+        let s = parse("[[destinations]]\nname = \"pacs\"\nae_title = \"PACS\"\nhost = \"127.0.0.1\"\nport = 104\n")
+            .unwrap();
+        assert_eq!(s.destinations[0].calling_ae_title.as_str(), "PETCT_NODE");
+        assert_eq!(s.worker.count, 1);
+        let e = parse(
+            "[worker]\nheartbeat_interval_s = 40\n\
+             [[destinations]]\nname = \"a\"\nae_title = \"A\"\nhost = \"h\"\nport = 1\n\
+             [[destinations]]\nname = \"a\"\nae_title = \"B\"\nhost = \"h\"\nport = 0\ncalling_ae_title = \"\"\n",
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = e else { panic!("{e}") };
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "worker.heartbeat_interval_s",
+                "destinations[1].calling_ae_title",
+                "destinations[1].name",
+                "destinations[1].port"
+            ]
+        );
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_its_cap() {
+        let b = Backoff { initial: Duration::from_secs(2), max: Duration::from_secs(10) };
+        let waits: Vec<u64> = (1..=5).map(|a| b.after(a).as_secs()).collect();
+        assert_eq!(waits, [2, 4, 8, 10, 10]);
     }
 
     #[test]

@@ -36,7 +36,7 @@ impl DbError {
     }
 }
 
-fn q(context: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
+pub(crate) fn q(context: &'static str) -> impl FnOnce(sqlx::Error) -> DbError {
     move |source| DbError::Query { context, source }
 }
 
@@ -145,6 +145,21 @@ pub struct JobRow {
     pub created_at_ms: i64,
     pub started_at_ms: Option<i64>,
     pub finished_at_ms: Option<i64>,
+    pub run_at_ms: i64,
+    /// Milliseconds the pipeline took, once it succeeded.
+    pub process_ms: Option<i64>,
+    pub deliveries: Vec<DeliveryRow>,
+}
+
+/// One destination of a job: pending | sending | sent | failed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct DeliveryRow {
+    pub destination: String,
+    pub state: String,
+    pub attempts: i64,
+    pub next_attempt_at_ms: i64,
+    pub last_error: Option<String>,
+    pub sent_at_ms: Option<i64>,
 }
 
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -192,6 +207,10 @@ impl Db {
 
     pub fn backend(&self) -> Backend {
         self.backend
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
     }
 
     pub async fn close(&self) {
@@ -518,11 +537,37 @@ impl Db {
     pub async fn list_jobs(&self) -> Result<Vec<JobRow>, DbError> {
         let rows = sqlx::query(
             "SELECT id, state, stage, study_uid, pet_series_uid, ct_series_uid, pet_revision, ct_revision, needs_registration, \
-                    attempts, last_error, superseded_by, created_at, started_at, finished_at FROM jobs ORDER BY id",
+                    attempts, last_error, superseded_by, created_at, started_at, finished_at, run_at, process_ms \
+             FROM jobs ORDER BY id",
         )
         .fetch_all(&self.pool)
         .await
         .map_err(q("listing jobs"))?;
+        let deliveries = sqlx::query(
+            "SELECT job_id, destination, state, attempts, next_attempt_at, last_error, sent_at \
+             FROM deliveries ORDER BY job_id, destination",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(q("listing deliveries"))?;
+        let mut by_job: std::collections::HashMap<i64, Vec<DeliveryRow>> = std::collections::HashMap::new();
+        for r in &deliveries {
+            let row = (|| -> Result<(i64, DeliveryRow), sqlx::Error> {
+                Ok((
+                    r.try_get(0)?,
+                    DeliveryRow {
+                        destination: r.try_get(1)?,
+                        state: r.try_get(2)?,
+                        attempts: r.try_get(3)?,
+                        next_attempt_at_ms: r.try_get(4)?,
+                        last_error: r.try_get(5)?,
+                        sent_at_ms: r.try_get(6)?,
+                    },
+                ))
+            })()
+            .map_err(q("reading delivery row"))?;
+            by_job.entry(row.0).or_default().push(row.1);
+        }
         rows.iter()
             .map(|r| {
                 Ok(JobRow {
@@ -541,6 +586,9 @@ impl Db {
                     created_at_ms: r.try_get(12)?,
                     started_at_ms: r.try_get(13)?,
                     finished_at_ms: r.try_get(14)?,
+                    run_at_ms: r.try_get(15)?,
+                    process_ms: r.try_get(16)?,
+                    deliveries: by_job.remove(&r.try_get::<i64, _>(0)?).unwrap_or_default(),
                 })
             })
             .collect::<Result<_, sqlx::Error>>()

@@ -245,7 +245,12 @@ fn db_refusal(e: DbError) -> Refusal {
 }
 
 /// Preamble, `DICM` and the file meta group for a received data set.
-fn file_meta(sop_class: &str, sop_instance: &str, transfer_syntax: &str, calling_ae: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn file_meta(
+    sop_class: &str,
+    sop_instance: &str,
+    transfer_syntax: &str,
+    calling_ae: &str,
+) -> Result<Vec<u8>, String> {
     let meta = FileMetaTableBuilder::new()
         .media_storage_sop_class_uid(sop_class)
         .media_storage_sop_instance_uid(sop_instance)

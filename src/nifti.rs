@@ -28,15 +28,24 @@ impl NiftiType for u8 {
     }
 }
 
-impl NiftiType for f32 {
-    const DATATYPE: i16 = 16;
-    const BITPIX: i16 = 32;
-    fn write_le(values: &[Self], out: &mut Vec<u8>) {
-        for v in values {
-            out.extend_from_slice(&v.to_le_bytes());
+/// Little-endian numbers of one type: each value's `to_le_bytes`.
+macro_rules! nifti_le {
+    ($t:ty, $datatype:expr) => {
+        impl NiftiType for $t {
+            const DATATYPE: i16 = $datatype;
+            const BITPIX: i16 = 8 * std::mem::size_of::<$t>() as i16;
+            fn write_le(values: &[Self], out: &mut Vec<u8>) {
+                for v in values {
+                    out.extend_from_slice(&v.to_le_bytes());
+                }
+            }
         }
-    }
+    };
 }
+
+nifti_le!(f32, 16);
+// Lesion label volumes.
+nifti_le!(u32, 768);
 
 /// The RAS affine (rows of srow_x, srow_y, srow_z) of a grid.
 pub fn ras_affine(g: &Geometry) -> [[f64; 4]; 3] {

@@ -10,11 +10,14 @@ use serde::Serialize;
 
 use crate::assemble::{self, AssembleError};
 use crate::calibrate::{self, CalibrateError};
+use crate::encode::{self, EncodeError, EncodeInput, OutputUids, Segment};
 use crate::geometry::registration::{Registration, RegistrationError, RegistrationOptions, register_rigid};
 use crate::geometry::{Rigid, resample_linear};
 use crate::inspect::{self, InspectError};
 use crate::nifti;
 use crate::pet_header;
+use crate::quantify::{self, MaskSource, QuantifyError};
+use crate::segment::{self, SegmentError, SegmentOptions};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -30,6 +33,12 @@ pub enum PipelineError {
     Registration { pet: String, ct: String, source: RegistrationError },
     #[error("registering PET series {pet} to CT series {ct}: result rejected, {reason}")]
     RegistrationRejected { pet: String, ct: String, reason: String },
+    #[error("segmenting: {0}")]
+    Segment(#[from] SegmentError),
+    #[error("measuring lesions: {0}")]
+    Quantify(#[from] QuantifyError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
     #[error("writing {path}: {source}")]
     Write { path: PathBuf, source: std::io::Error },
 }
@@ -53,30 +62,71 @@ pub struct RunSummary {
     pub outputs: Vec<PathBuf>,
     /// Present when PET and CT did not share a Frame of Reference.
     pub registration: Option<Registration>,
+    pub lesion_count: usize,
+    pub total_mtv_ml: f64,
+    pub total_tlg: f64,
+    /// UIDs of the SEG, SR and MIP (derived from the inputs and `algorithm_version`).
+    pub uids: OutputUids,
+    pub algorithm_version: String,
     pub seconds: Timings,
 }
 
-/// Limits beyond which a registration is an error rather than output: patient motion between
-/// the CT and the PET of one study is centimetres and a few degrees, never more.
-const MAX_TRANSLATION_MM: f64 = 60.0;
-const MAX_ROTATION_DEG: f64 = 15.0;
-const MIN_OVERLAP_FRACTION: f64 = 0.5;
+/// When to register and which results to refuse (`[registration]` in the config). The default
+/// limits: patient motion between the CT and the PET of one study is centimetres and a few
+/// degrees, never more.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrationPolicy {
+    /// Register even when PET and CT share a Frame of Reference (patient moved between scans).
+    pub always: bool,
+    pub max_translation_mm: f64,
+    pub max_rotation_deg: f64,
+    /// Fraction of the CT samples that must fall inside the PET after registration.
+    pub min_overlap_fraction: f64,
+}
 
-fn check_registration(r: &Registration) -> Result<(), String> {
-    let shift = r.translation_mm.iter().map(|v| v * v).sum::<f64>().sqrt();
-    if shift > MAX_TRANSLATION_MM {
-        return Err(format!("translation {shift:.1} mm exceeds {MAX_TRANSLATION_MM} mm"));
+impl Default for RegistrationPolicy {
+    fn default() -> Self {
+        Self { always: false, max_translation_mm: 60.0, max_rotation_deg: 15.0, min_overlap_fraction: 0.5 }
     }
-    if let Some(a) = r.angles_deg.iter().find(|a| a.abs() > MAX_ROTATION_DEG) {
-        return Err(format!("rotation {a:.1} degrees exceeds {MAX_ROTATION_DEG} degrees"));
+}
+
+impl RegistrationPolicy {
+    /// Problems with the limits themselves, as (key, message) for the config checker.
+    pub fn problems(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        let positive = |v: f64| v.is_finite() && v > 0.0;
+        if !positive(self.max_translation_mm) {
+            out.push((
+                "max_translation_mm",
+                format!("must be a positive number of mm, got {}", self.max_translation_mm),
+            ));
+        }
+        if !(positive(self.max_rotation_deg) && self.max_rotation_deg <= 180.0) {
+            out.push(("max_rotation_deg", format!("must be in (0, 180], got {}", self.max_rotation_deg)));
+        }
+        if !(positive(self.min_overlap_fraction) && self.min_overlap_fraction <= 1.0) {
+            out.push(("min_overlap_fraction", format!("must be in (0, 1], got {}", self.min_overlap_fraction)));
+        }
+        out
     }
-    if r.overlap_fraction < MIN_OVERLAP_FRACTION {
-        return Err(format!("only {:.0} % of the CT samples overlap the PET", 100.0 * r.overlap_fraction));
+
+    fn check(&self, r: &Registration) -> Result<(), String> {
+        let shift = r.translation_mm.iter().map(|v| v * v).sum::<f64>().sqrt();
+        if shift > self.max_translation_mm {
+            return Err(format!("translation {shift:.1} mm exceeds {} mm", self.max_translation_mm));
+        }
+        if let Some(a) = r.angles_deg.iter().find(|a| a.abs() > self.max_rotation_deg) {
+            return Err(format!("rotation {a:.1} degrees exceeds {} degrees", self.max_rotation_deg));
+        }
+        if r.overlap_fraction < self.min_overlap_fraction {
+            return Err(format!("only {:.0} % of the CT samples overlap the PET", 100.0 * r.overlap_fraction));
+        }
+        if r.metric_final < r.metric_initial {
+            return Err(format!("mutual information fell from {:.4} to {:.4}", r.metric_initial, r.metric_final));
+        }
+        Ok(())
     }
-    if r.metric_final < r.metric_initial {
-        return Err(format!("mutual information fell from {:.4} to {:.4}", r.metric_initial, r.metric_final));
-    }
-    Ok(())
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -85,12 +135,113 @@ pub struct Timings {
     pub calibrate: f64,
     pub register: f64,
     pub resample: f64,
+    pub segment: f64,
+    pub quantify: f64,
+    pub encode: f64,
     pub write: f64,
 }
 
+/// What the pipeline is asked to do besides its fixed stages.
+#[derive(Debug, Clone, Default)]
+pub struct PipelineOptions {
+    /// Also write the aligned volumes as NIfTI.
+    pub export_volumes: bool,
+    pub registration: RegistrationPolicy,
+    pub segmentation: SegmentOptions,
+    /// Told each stage as it starts (the worker records it in the job row).
+    pub progress: Option<std::sync::Arc<Progress>>,
+}
+
+/// The stages of `process`, in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    Assemble,
+    Calibrate,
+    Register,
+    Segment,
+    Quantify,
+    Encode,
+}
+
+impl Stage {
+    const ALL: [Stage; 6] =
+        [Stage::Assemble, Stage::Calibrate, Stage::Register, Stage::Segment, Stage::Quantify, Stage::Encode];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Assemble => "assemble",
+            Stage::Calibrate => "calibrate",
+            Stage::Register => "register",
+            Stage::Segment => "segment",
+            Stage::Quantify => "quantify",
+            Stage::Encode => "encode",
+        }
+    }
+}
+
+/// The stage a running pipeline is in, shared with another thread without locking.
+#[derive(Debug, Default)]
+pub struct Progress(std::sync::atomic::AtomicU8);
+
+impl Progress {
+    pub fn current(&self) -> Stage {
+        Stage::ALL[usize::from(self.0.load(std::sync::atomic::Ordering::Relaxed)).min(Stage::ALL.len() - 1)]
+    }
+}
+
+fn export<T: nifti::NiftiType>(
+    out: &Path,
+    name: &str,
+    volume: &crate::volume::Volume<T>,
+    description: &str,
+) -> Result<PathBuf, PipelineError> {
+    let path = out.join(name);
+    nifti::write(&path, volume.geometry(), volume.data(), description)
+        .map_err(|source| PipelineError::Write { path: path.clone(), source })?;
+    Ok(path)
+}
+
+/// The method of the classical segmentation, as the SEG's Algorithm Name gives it.
+const CLASSICAL_ALGORITHM: &str = "petct-node classical (SUV threshold + 41 % SUVmax)";
+/// How `quantify` names the lesions the classical method found.
+const CLASSICAL: &str = "classical";
+
+impl PipelineOptions {
+    /// The processing part of the node's configuration.
+    pub fn from_settings(settings: &crate::config::Settings) -> Self {
+        Self {
+            registration: settings.registration.clone(),
+            segmentation: settings.segmentation.clone(),
+            ..Default::default()
+        }
+    }
+
+    /// Node version and every setting that changes the results: part of every output UID, so
+    /// results made differently never collide with earlier ones in the PACS.
+    pub fn algorithm_version(&self) -> String {
+        format!("petct-node {}; {}", env!("CARGO_PKG_VERSION"), self.segmentation.describe())
+    }
+
+    fn enter(&self, stage: Stage) {
+        if let Some(p) = &self.progress {
+            p.0.store(stage as u8, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// One PET series and its CT, as files.
+#[derive(Debug, Clone)]
+pub struct PairInput {
+    pub pet_series_uid: String,
+    pub ct_series_uid: String,
+    pub pet_paths: Vec<PathBuf>,
+    pub ct_paths: Vec<PathBuf>,
+    /// PET and CT do not share a Frame of Reference: register before resampling.
+    pub needs_registration: bool,
+}
+
 /// Runs the pipeline on the first complete PET series (by UID) found under `dir`.
-pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, PipelineError> {
-    let t0 = Instant::now();
+pub fn run(dir: &Path, out: &Path, options: &PipelineOptions) -> Result<RunSummary, PipelineError> {
     let report = inspect::inspect(dir)?;
     let (pet, ct_uid, needs_registration) = report
         .series
@@ -103,27 +254,46 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
         .iter()
         .find(|s| s.series_instance_uid == ct_uid)
         .ok_or_else(|| PipelineError::NoPair { dir: dir.to_path_buf() })?;
-    let assembled = |s: &inspect::SeriesReport| {
-        assemble::assemble(&s.paths)
-            .map_err(|source| PipelineError::Assemble { series_uid: s.series_instance_uid.clone(), source })
+    let input = PairInput {
+        pet_series_uid: pet.series_instance_uid.clone(),
+        ct_series_uid: ct_uid,
+        pet_paths: pet.paths.clone(),
+        ct_paths: ct.paths.clone(),
+        needs_registration,
     };
-    let (ct_series, pet_series) = rayon::join(|| assembled(ct), || assembled(pet));
+    process(&input, out, options)
+}
+
+/// Runs every stage on one PET/CT pair and writes the outputs under `out` (created).
+pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Result<RunSummary, PipelineError> {
+    let t0 = Instant::now();
+    options.enter(Stage::Assemble);
+    let assembled = |series_uid: &str, paths: &[PathBuf]| {
+        assemble::assemble(paths)
+            .map_err(|source| PipelineError::Assemble { series_uid: series_uid.to_string(), source })
+    };
+    let (ct_series, pet_series) = rayon::join(
+        || assembled(&input.ct_series_uid, &input.ct_paths),
+        || assembled(&input.pet_series_uid, &input.pet_paths),
+    );
     let (ct_series, mut pet_series) = (ct_series?, pet_series?);
     let t1 = Instant::now();
+    options.enter(Stage::Calibrate);
 
-    let calibrate_err = |source| PipelineError::Calibrate { series_uid: pet.series_instance_uid.clone(), source };
+    let calibrate_err = |source| PipelineError::Calibrate { series_uid: input.pet_series_uid.clone(), source };
     let header = pet_header::series_pet_header(pet_series.headers.iter().map(|h| &**h)).map_err(calibrate_err)?;
     let suv = calibrate::suv_bw_factor(&header).map_err(calibrate_err)?;
     let factor = suv.factor as f32;
     use rayon::prelude::*;
     pet_series.volume.data_mut().par_iter_mut().for_each(|v| *v *= factor);
     let t2 = Instant::now();
+    options.enter(Stage::Register);
 
-    let registration = if needs_registration {
-        let pair = || (pet.series_instance_uid.clone(), ct_uid.clone());
+    let registration = if input.needs_registration || options.registration.always {
+        let pair = || (input.pet_series_uid.clone(), input.ct_series_uid.clone());
         let r = register_rigid(&ct_series.volume, &pet_series.volume, &RegistrationOptions::default())
             .map_err(|source| PipelineError::Registration { pet: pair().0, ct: pair().1, source })?;
-        check_registration(&r).map_err(|reason| PipelineError::RegistrationRejected {
+        options.registration.check(&r).map_err(|reason| PipelineError::RegistrationRejected {
             pet: pair().0,
             ct: pair().1,
             reason,
@@ -136,21 +306,63 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
     let transform = registration.as_ref().map_or(Rigid::IDENTITY, |r| r.transform);
     let suv_on_ct = resample_linear(&pet_series.volume, ct_series.volume.geometry(), &transform, 0.0);
     let t3 = Instant::now();
+    options.enter(Stage::Segment);
+
+    let mask = segment::classical(&suv_on_ct, &ct_series.volume, &options.segmentation)?;
+    let t_seg = Instant::now();
+    options.enter(Stage::Quantify);
+    let source = MaskSource { segment: 1, method: CLASSICAL };
+    let (labels, findings) = quantify::quantify(&mask, &suv_on_ct, options.segmentation.connectivity, source)?;
+    let t_quant = Instant::now();
+    options.enter(Stage::Encode);
+    let algorithm_version = options.algorithm_version();
+    let segments = [Segment {
+        number: 1,
+        label: "Lesions (classical)".into(),
+        algorithm_name: CLASSICAL_ALGORITHM.into(),
+        algorithm_version: env!("CARGO_PKG_VERSION").into(),
+        description: Some(options.segmentation.describe()),
+        mask,
+    }];
+    let encoded = encode::encode(&EncodeInput {
+        ct: &ct_series,
+        pet: &pet_series,
+        suv_on_ct: &suv_on_ct,
+        labels: &labels,
+        segments: &segments,
+        findings: &findings,
+        algorithm_version: &algorithm_version,
+    })?;
+    let t_enc = Instant::now();
 
     std::fs::create_dir_all(out).map_err(|source| PipelineError::Write { path: out.to_path_buf(), source })?;
     let mut outputs = Vec::new();
-    if export_volumes {
+    if options.export_volumes {
         let volumes = [
             ("ct_hu.nii.gz", &ct_series.volume, "CT in HU"),
             ("suv.nii.gz", &pet_series.volume, "PET SUVbw, native grid"),
             ("suv_on_ct.nii.gz", &suv_on_ct, "PET SUVbw on the CT grid"),
         ];
         for (name, volume, description) in volumes {
-            let path = out.join(name);
-            nifti::write(&path, volume.geometry(), volume.data(), description)
-                .map_err(|source| PipelineError::Write { path: path.clone(), source })?;
-            outputs.push(path);
+            outputs.push(export(out, name, volume, description)?);
         }
+        outputs.push(export(out, "mask.nii.gz", &segments[0].mask, "classical segmentation, CT grid")?);
+        outputs.push(export(out, "lesions.nii.gz", &labels, "lesion labels as in findings.json, CT grid")?);
+    }
+    let findings_json = serde_json::to_vec_pretty(&findings)
+        .map_err(|e| PipelineError::Write { path: out.join("findings.json"), source: e.into() })?;
+    // Names matter: the worker delivers every `*.dcm` of the folder.
+    let files: [(&str, &[u8]); 5] = [
+        ("seg.dcm", &encoded.seg),
+        ("sr.dcm", &encoded.sr),
+        ("mip.dcm", &encoded.mip),
+        ("mip.png", &encoded.mip_png),
+        ("findings.json", &findings_json),
+    ];
+    for (name, bytes) in files {
+        let path = out.join(name);
+        std::fs::write(&path, bytes).map_err(|source| PipelineError::Write { path: path.clone(), source })?;
+        outputs.push(path);
     }
     if let Some(r) = &registration {
         let path = out.join("registration.json");
@@ -161,20 +373,28 @@ pub fn run(dir: &Path, out: &Path, export_volumes: bool) -> Result<RunSummary, P
     }
     let t4 = Instant::now();
     let summary = RunSummary {
-        pet_series_uid: pet.series_instance_uid.clone(),
-        ct_series_uid: ct_uid,
+        pet_series_uid: input.pet_series_uid.clone(),
+        ct_series_uid: input.ct_series_uid.clone(),
         suv_bw_factor: suv.factor,
         suv_rule: suv.rule,
         ct_dims: ct_series.volume.geometry().dims,
         pet_dims: pet_series.volume.geometry().dims,
         outputs,
         registration,
+        lesion_count: findings.lesion_count,
+        total_mtv_ml: findings.total_mtv_ml,
+        total_tlg: findings.total_tlg,
+        uids: encoded.uids,
+        algorithm_version,
         seconds: Timings {
             assemble: (t1 - t0).as_secs_f64(),
             calibrate: (t2 - t1).as_secs_f64(),
             register: (t_reg - t2).as_secs_f64(),
             resample: (t3 - t_reg).as_secs_f64(),
-            write: (t4 - t3).as_secs_f64(),
+            segment: (t_seg - t3).as_secs_f64(),
+            quantify: (t_quant - t_seg).as_secs_f64(),
+            encode: (t_enc - t_quant).as_secs_f64(),
+            write: (t4 - t_enc).as_secs_f64(),
         },
     };
     let path = out.join("run.json");

@@ -1,5 +1,6 @@
 //! `serve`: wires configuration, store, database, ingest and the SCP together, runs the series
-//! sweep, and shuts down gracefully on SIGTERM/SIGINT.
+//! sweep, the job workers, the lease reaper and the delivery loop, and shuts down gracefully on
+//! SIGTERM/SIGINT (workers finish or hand back their job within the deadline).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,11 +10,16 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use tokio::sync::Notify;
+
 use crate::config::Settings;
 use crate::db::{Db, DbError};
+use crate::delivery::Deliverer;
 use crate::dimse::{Scp, ScpSettings};
 use crate::ingest::Ingest;
+use crate::pipeline::PipelineOptions;
 use crate::store::{Store, StoreError};
+use crate::worker::{self, Workers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -72,6 +78,7 @@ pub async fn run(
             }
         })
     };
+    spawn_jobs(&settings, &db, &cancel, &tracker);
     let scp = Scp::new(ScpSettings::from(&settings), ingest);
     scp.serve(listener, cancel.clone(), tracker.clone()).await;
     tracker.close();
@@ -85,6 +92,42 @@ pub async fn run(
     db.close().await;
     info!("stopped");
     Ok(())
+}
+
+/// Workers, the reaper and the delivery loop, on `tracker` so shutdown waits for them. A node
+/// with `worker.count = 0` only receives.
+fn spawn_jobs(settings: &Settings, db: &Db, cancel: &CancellationToken, tracker: &TaskTracker) {
+    if settings.worker.count == 0 {
+        return;
+    }
+    let node = worker::node_id();
+    // Workers hand back their job early enough for the process to exit within the deadline.
+    let hand_back_after = settings.shutdown_deadline.mul_f64(0.75);
+    let wake = Arc::new(Notify::new());
+    let workers = Arc::new(Workers {
+        db: db.clone(),
+        storage_dir: settings.storage_dir.clone(),
+        settings: settings.worker.clone(),
+        pipeline: PipelineOptions::from_settings(settings),
+        destinations: settings.destinations.iter().map(|d| d.name.clone()).collect(),
+        delivery_wake: wake.clone(),
+    });
+    for n in 0..settings.worker.count {
+        tracker.spawn(workers.clone().run(format!("{node}/w{n}"), cancel.clone(), hand_back_after));
+    }
+    tracker.spawn(workers.reap(cancel.clone()));
+    let deliverer = Arc::new(Deliverer {
+        db: db.clone(),
+        storage_dir: settings.storage_dir.clone(),
+        settings: settings.delivery.clone(),
+        destinations: settings.destinations.clone(),
+        id: format!("{node}/d"),
+        poll_interval: settings.worker.poll_interval,
+        wake,
+    });
+    tracker.spawn(deliverer.run(cancel.clone(), hand_back_after));
+    let (workers, destinations) = (settings.worker.count, settings.destinations.len());
+    info!(node = %node, workers, destinations, "job workers started");
 }
 
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {

@@ -14,20 +14,18 @@ fn phantom(dir: &Path, extra: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// `petct-node run STUDY --out OUT EXTRA...`.
+fn run(study: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(bin()).arg("run").arg(study).arg("--out").arg(out).args(extra).output().unwrap()
+}
+
 #[test]
 fn exported_volumes_match_simpleitk_and_the_dicom_geometry() {
     let work = tempfile::tempdir().unwrap();
     let study = work.path().join("study");
     let summary = phantom(&study, &["--seed", "21"]);
     let out_dir = work.path().join("out");
-    let out = Command::new(bin())
-        .args(["run"])
-        .arg(&study)
-        .arg("--out")
-        .arg(&out_dir)
-        .arg("--export-volumes")
-        .output()
-        .unwrap();
+    let out = run(&study, &out_dir, &["--export-volumes"]);
     assert_success(&out, "run");
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["pet_series_uid"], summary["pt_series_instance_uid"]);
@@ -56,7 +54,7 @@ fn a_misaligned_study_is_registered_and_reported() {
     let study = work.path().join("study");
     phantom(&study, &["--seed", "22", "--misalign", "10,0,0,0,0,3"]);
     let out_dir = work.path().join("out");
-    let out = Command::new(bin()).args(["run"]).arg(&study).arg("--out").arg(&out_dir).output().unwrap();
+    let out = run(&study, &out_dir, &[]);
     assert_success(&out, "run");
     let reg: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.join("registration.json")).unwrap()).unwrap();
@@ -66,4 +64,76 @@ fn a_misaligned_study_is_registered_and_reported() {
     assert!((reg["angles_deg"][2].as_f64().unwrap() - 3.0).abs() < 1.0, "{reg}");
     assert!(reg["metric_final"].as_f64().unwrap() > reg["metric_initial"].as_f64().unwrap(), "{reg}");
     assert_eq!(reg["transform"].as_array().unwrap().len(), 4);
+}
+
+#[test]
+fn a_registration_beyond_the_configured_limit_is_an_error_not_output() {
+    let work = tempfile::tempdir().unwrap();
+    let study = work.path().join("study");
+    phantom(&study, &["--seed", "23", "--misalign", "10,0,0,0,0,0"]);
+    let config = work.path().join("node.toml");
+    std::fs::write(&config, "[registration]\nmax_translation_mm = 3.0\n").unwrap();
+    let out_dir = work.path().join("out");
+    let out = run(&study, &out_dir, &["--config", config.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("result rejected") && stderr.contains("exceeds 3 mm"), "{stderr}");
+    assert!(!out_dir.join("run.json").exists(), "no output for a rejected registration");
+}
+
+/// The `run` outputs of a real study, read by independent tools: dciodvfy finds no error in the
+/// SEG, SR or MIP; highdicom and pydicom read the SEG back equal to the exported mask and the SR
+/// back equal to `findings.json` (tests/py/encode_check.py).
+#[test]
+fn run_writes_seg_sr_and_mip_that_read_back_as_findings_json() {
+    require_tool("dciodvfy");
+    let work = tempfile::tempdir().unwrap();
+    let study = work.path().join("study");
+    phantom(&study, &["--seed", "24"]);
+    let out_dir = work.path().join("out");
+    let out = run(&study, &out_dir, &["--export-volumes"]);
+    assert_success(&out, "run");
+    let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for name in ["seg.dcm", "sr.dcm", "mip.dcm"] {
+        let out = Command::new("dciodvfy").arg(out_dir.join(name)).output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let errors: Vec<&str> = text.lines().filter(|l| l.contains("Error")).collect();
+        assert!(errors.is_empty(), "{name}: {errors:#?}");
+    }
+    assert!(out_dir.join("mip.png").is_file());
+
+    // What the check compares against: the exported mask (NIfTI, u8 after a 352-byte header),
+    // the CT's SOP Instance UIDs in the mask's slice order, and findings.json.
+    let mut mask = Vec::new();
+    let nii = std::fs::File::open(out_dir.join("mask.nii.gz")).unwrap();
+    std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(nii), &mut mask).unwrap();
+    std::fs::write(out_dir.join("mask_1.bin"), &mask[352..]).unwrap();
+    let ct_paths: Vec<_> = std::fs::read_dir(study.join("CT")).unwrap().map(|e| e.unwrap().path()).collect::<Vec<_>>();
+    let plan = petct_node::assemble::plan(&ct_paths).unwrap();
+    let ct_uids: Vec<String> = plan.paths().iter().map(|p| sop_uid(p)).collect();
+    let findings: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.join("findings.json")).unwrap()).unwrap();
+    assert_eq!(findings["lesion_count"], run["lesion_count"]);
+    assert!(findings["lesion_count"].as_u64().unwrap() > 0, "the phantom's lesions were not found");
+    let expected = serde_json::json!({
+        "dims": run["ct_dims"],
+        "ct_sop_instance_uids": ct_uids,
+        "segments": [1],
+        "findings": findings,
+        "uids": run["uids"],
+    });
+    std::fs::write(out_dir.join("expected.json"), serde_json::to_vec(&expected).unwrap()).unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/encode_check.py");
+    let out = Command::new("python3").arg(script).arg(&out_dir).output().unwrap();
+    assert_success(&out, "highdicom check (pip install highdicom)");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("highdicom/pydicom check of the run outputs: {report}");
+    assert!(report["foreground_voxels"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["mask_mismatches_highdicom"], 0, "{report}");
+    assert_eq!(report["mask_mismatches_pydicom"], 0, "{report}");
+    assert_eq!(report["frames_in_slice_order"], true, "{report}");
+    assert_eq!(report["measurement_mismatches"], serde_json::json!([]), "{report}");
+    assert_eq!(report["sr_lesion_groups"], findings["lesion_count"], "{report}");
+    let compared = report["measurements_compared"].as_u64().unwrap();
+    assert_eq!(compared, 5 * findings["lesion_count"].as_u64().unwrap() + 3, "{report}");
 }

@@ -1,8 +1,10 @@
-//! The DICOM protocol layer: an async SCP for C-ECHO and C-STORE. It knows nothing of storage or
-//! jobs: each received instance goes to a [`StoreHandler`] (implemented by `ingest`).
+//! The DICOM protocol layer: an async SCP for C-ECHO and C-STORE, and a C-STORE SCU. It knows
+//! nothing of storage or jobs: each received instance goes to a [`StoreHandler`] (implemented
+//! by `ingest`), and `delivery` calls [`scu::store_files`].
 
 pub mod command;
 pub mod scp;
+pub mod scu;
 
 pub use command::Status;
 pub use scp::{Scp, ScpSettings};
@@ -24,6 +26,14 @@ pub const STORAGE_SOP_CLASSES: &[(&str, &str)] = &[
     ("1.2.840.10008.5.1.4.1.1.88.22", "Enhanced SR Storage"),
     ("1.2.840.10008.5.1.4.1.1.88.33", "Comprehensive SR Storage"),
     ("1.2.840.10008.5.1.4.1.1.88.34", "Comprehensive 3D SR Storage"),
+];
+
+/// What the node itself produces (SEG, TID 1500 SR, MIP secondary capture): the classes a
+/// results receiver such as the demo's stand-in PACS accepts.
+pub const RESULT_SOP_CLASSES: &[(&str, &str)] = &[
+    ("1.2.840.10008.5.1.4.1.1.66.4", "Segmentation Storage"),
+    ("1.2.840.10008.5.1.4.1.1.88.34", "Comprehensive 3D SR Storage"),
+    ("1.2.840.10008.5.1.4.1.1.7", "Secondary Capture Image Storage"),
 ];
 
 pub const VERIFICATION_SOP_CLASS: &str = "1.2.840.10008.1.1";

@@ -33,6 +33,8 @@ pub struct ScpSettings {
     pub max_pdu_bytes: u32,
     pub max_instance_bytes: u64,
     pub idle_timeout: Duration,
+    /// Storage SOP classes accepted, as `(uid, name)`.
+    pub sop_classes: &'static [(&'static str, &'static str)],
 }
 
 impl From<&Settings> for ScpSettings {
@@ -45,6 +47,7 @@ impl From<&Settings> for ScpSettings {
             max_pdu_bytes: s.max_pdu_bytes,
             max_instance_bytes: s.max_instance_bytes,
             idle_timeout: s.idle_timeout,
+            sop_classes: STORAGE_SOP_CLASSES,
         }
     }
 }
@@ -168,7 +171,7 @@ fn options<'a>(
         .read_timeout(settings.idle_timeout)
         .write_timeout(settings.idle_timeout)
         .with_abstract_syntax(VERIFICATION_SOP_CLASS);
-    for (uid, _) in STORAGE_SOP_CLASSES {
+    for (uid, _) in settings.sop_classes {
         opts = opts.with_abstract_syntax(*uid);
     }
     for (uid, _) in TRANSFER_SYNTAXES {

@@ -11,7 +11,7 @@
 
 mod anatomy;
 mod ct;
-mod dicom;
+pub(crate) mod dicom;
 mod grid;
 mod lesions;
 mod pet;

@@ -113,6 +113,10 @@ pub struct NodeOptions {
     pub min_free_mb: u64,
     pub max_instance_bytes: u64,
     pub max_associations: usize,
+    /// Body of the `[worker]` table. Default: no workers, so jobs stay queued for inspection.
+    pub worker: String,
+    /// TOML appended to the configuration (`[delivery]`, `[[destinations]]`, ...).
+    pub extra_toml: String,
 }
 
 impl NodeOptions {
@@ -125,6 +129,8 @@ impl NodeOptions {
             min_free_mb: 1,
             max_instance_bytes: 64 << 20,
             max_associations: 32,
+            worker: "count = 0\n".into(),
+            extra_toml: String::new(),
         }
     }
 }
@@ -157,7 +163,7 @@ impl Node {
                 "[node]\nae_title = \"PETCT_NODE\"\nbind = \"127.0.0.1:0\"\nallow_any_caller = {}\n\n{peers}\n\
                  [storage]\ndir = \"{}\"\nmin_free_mb = {}\n\n[database]\nurl = \"{}\"\n\n\
                  [series]\nct_quiet_period_s = {}\n\n[limits]\nmax_instance_bytes = {}\nmax_associations = {}\n\n\
-                 [shutdown]\ndeadline_s = 10\n",
+                 [shutdown]\ndeadline_s = 10\n\n[worker]\n{}\n{}\n",
                 opts.allow_any_caller,
                 dir.path().join("store").display(),
                 opts.min_free_mb,
@@ -165,6 +171,8 @@ impl Node {
                 opts.quiet_period_s,
                 opts.max_instance_bytes,
                 opts.max_associations,
+                opts.worker,
+                opts.extra_toml,
             ),
         )
         .unwrap();
@@ -284,8 +292,12 @@ impl Node {
         let deadline = Instant::now() + timeout;
         loop {
             let jobs = self.jobs();
-            if cond(&jobs) || Instant::now() > deadline {
+            if cond(&jobs) {
                 return jobs;
+            }
+            if Instant::now() > deadline {
+                // A read that started before the deadline may be long stale on a loaded machine.
+                return self.jobs();
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -445,6 +457,15 @@ pub fn storescu_successes(log: &str) -> Vec<PathBuf> {
         }
     }
     ok
+}
+
+/// Writes a phantom study into `dir` with `petct-node phantom ARGS --out DIR`; returns its
+/// summary and its `truth/truth.json`.
+pub fn write_phantom(dir: &Path, args: &[&str]) -> (Value, Value) {
+    let out = Command::new(bin()).arg("phantom").args(args).arg("--out").arg(dir).output().unwrap();
+    assert_success(&out, "petct-node phantom");
+    let truth = serde_json::from_slice(&fs::read(dir.join("truth/truth.json")).unwrap()).unwrap();
+    (serde_json::from_slice(&out.stdout).unwrap(), truth)
 }
 
 pub fn assert_success(out: &Output, what: &str) {
