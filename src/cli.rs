@@ -59,6 +59,10 @@ pub enum Command {
         /// lesions.nii.gz.
         #[arg(long)]
         export_volumes: bool,
+        /// Also write the models' input channels (suv, ct_hu, body) on the model grid of this
+        /// spacing under OUT/model_grid/ (mm: one value, or x,y,z); what training reads.
+        #[arg(long, value_parser = parse_spacing)]
+        model_spacing: Option<[f64; 3]>,
         /// Take the processing settings ([registration], [segmentation]) from this node
         /// configuration; built-in defaults without it.
         #[arg(long, short)]
@@ -205,12 +209,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run { dir, out, export_volumes, config } => {
+        Command::Run { dir, out, export_volumes, model_spacing, config } => {
             let options = match config {
                 Some(path) => crate::pipeline::PipelineOptions::from_settings(&Config::load(&path)?),
                 None => Default::default(),
             };
-            let options = crate::pipeline::PipelineOptions { export_volumes, ..options };
+            let options =
+                crate::pipeline::PipelineOptions { export_volumes, model_spacing_mm: model_spacing, ..options };
             let summary = crate::pipeline::run(&dir, &out, &options)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
@@ -359,6 +364,22 @@ fn redact_url(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+/// `4` or `4,4,3`: positive millimetres, one for every axis or x, y, z.
+fn parse_spacing(s: &str) -> Result<[f64; 3], String> {
+    let v: Vec<f64> =
+        s.split(',').map(|p| p.trim().parse::<f64>().map_err(|e| format!("{p:?}: {e}"))).collect::<Result<_, _>>()?;
+    let spacing = match v[..] {
+        [a] => [a; 3],
+        [x, y, z] => [x, y, z],
+        _ => return Err(format!("expected one value or three (x,y,z), got {}", v.len())),
+    };
+    if spacing.iter().all(|&a| a.is_finite() && a > 0.0) {
+        Ok(spacing)
+    } else {
+        Err(format!("spacing must be positive millimetres, got {s}"))
     }
 }
 

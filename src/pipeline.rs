@@ -12,12 +12,13 @@ use crate::assemble::{self, AssembleError};
 use crate::calibrate::{self, CalibrateError};
 use crate::encode::{self, EncodeError, EncodeInput, OutputUids, Segment};
 use crate::geometry::registration::{Registration, RegistrationError, RegistrationOptions, register_rigid};
-use crate::geometry::{Rigid, resample_linear};
+use crate::geometry::{Rigid, model_grid, resample_linear};
 use crate::inspect::{self, InspectError};
 use crate::nifti;
 use crate::pet_header;
-use crate::quantify::{self, MaskSource, QuantifyError};
+use crate::quantify::{self, Mask, MaskSource, QuantifyError};
 use crate::segment::{self, SegmentError, SegmentOptions};
+use crate::volume::Volume;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
@@ -148,6 +149,8 @@ pub struct PipelineOptions {
     pub export_volumes: bool,
     pub registration: RegistrationPolicy,
     pub segmentation: SegmentOptions,
+    /// Also write the models' input channels on the model grid of this spacing (x, y, z mm).
+    pub model_spacing_mm: Option<[f64; 3]>,
     /// Told each stage as it starts (the worker records it in the job row).
     pub progress: Option<std::sync::Arc<Progress>>,
 }
@@ -200,6 +203,30 @@ fn export<T: nifti::NiftiType>(
         .map_err(|source| PipelineError::Write { path: path.clone(), source })?;
     Ok(path)
 }
+
+/// The channels models see, on the model grid at `spacing` (docs/models.md), in physical units
+/// under `out/model_grid/`: what training reads.
+fn export_model_grid(
+    out: &Path,
+    spacing: [f64; 3],
+    suv_on_ct: &Volume<f32>,
+    ct_hu: &Volume<f32>,
+    body: &Mask,
+) -> Result<Vec<PathBuf>, PipelineError> {
+    let dir = out.join("model_grid");
+    std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Write { path: dir.clone(), source })?;
+    let grid = model_grid::model_grid(ct_hu.geometry(), spacing);
+    let (suv, ct) =
+        rayon::join(|| model_grid::to_grid(suv_on_ct, &grid, 0.0), || model_grid::to_grid(ct_hu, &grid, AIR_HU));
+    Ok(vec![
+        export(&dir, "suv.nii.gz", &suv, "SUVbw, model grid")?,
+        export(&dir, "ct_hu.nii.gz", &ct, "CT in HU, model grid")?,
+        export(&dir, "body.nii.gz", &model_grid::mask_to_grid(body, &grid), "body mask, model grid")?,
+    ])
+}
+
+/// What the CT reads outside the body and beyond its box.
+const AIR_HU: f32 = -1000.0;
 
 /// The method of the classical segmentation, as the SEG's Algorithm Name gives it.
 const CLASSICAL_ALGORITHM: &str = "petct-node classical (SUV threshold + 41 % SUVmax)";
@@ -308,7 +335,8 @@ pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Resu
     let t3 = Instant::now();
     options.enter(Stage::Segment);
 
-    let mask = segment::classical(&suv_on_ct, &ct_series.volume, &options.segmentation)?;
+    let body = segment::body_mask(&ct_series.volume, options.segmentation.body_hu_threshold)?;
+    let mask = segment::classical_in_body(&suv_on_ct, &body, &options.segmentation)?;
     let t_seg = Instant::now();
     options.enter(Stage::Quantify);
     let source = MaskSource { segment: 1, method: CLASSICAL };
@@ -348,6 +376,9 @@ pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Resu
         }
         outputs.push(export(out, "mask.nii.gz", &segments[0].mask, "classical segmentation, CT grid")?);
         outputs.push(export(out, "lesions.nii.gz", &labels, "lesion labels as in findings.json, CT grid")?);
+    }
+    if let Some(spacing) = options.model_spacing_mm {
+        outputs.extend(export_model_grid(out, spacing, &suv_on_ct, &ct_series.volume, &body)?);
     }
     let findings_json = serde_json::to_vec_pretty(&findings)
         .map_err(|e| PipelineError::Write { path: out.join("findings.json"), source: e.into() })?;

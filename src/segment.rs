@@ -175,12 +175,19 @@ fn fill_holes(slice: &mut [u8], nx: usize, ny: usize) {
 /// The classical segmentation of `suv_on_ct` (SUVbw on the CT grid) with the body taken from
 /// `ct_hu`; see the module documentation for the steps.
 pub fn classical(suv_on_ct: &Volume<f32>, ct_hu: &Volume<f32>, opts: &SegmentOptions) -> Result<Mask, SegmentError> {
-    let geometry = ct_hu.geometry();
+    if suv_on_ct.geometry().dims != ct_hu.geometry().dims {
+        return Err(SegmentError::GridMismatch { suv: suv_on_ct.geometry().dims, ct: ct_hu.geometry().dims });
+    }
+    classical_in_body(suv_on_ct, &body_mask(ct_hu, opts.body_hu_threshold)?, opts)
+}
+
+/// `classical` with the body mask already made (`body_mask` of the CT).
+pub fn classical_in_body(suv_on_ct: &Volume<f32>, body: &Mask, opts: &SegmentOptions) -> Result<Mask, SegmentError> {
+    let geometry = body.geometry();
     let dims = geometry.dims;
     if suv_on_ct.geometry().dims != dims {
         return Err(SegmentError::GridMismatch { suv: suv_on_ct.geometry().dims, ct: dims });
     }
-    let body = body_mask(ct_hu, opts.body_hu_threshold)?;
     let suv = suv_on_ct.data();
     let candidates: Vec<u8> = suv
         .par_iter()

@@ -137,3 +137,28 @@ fn run_writes_seg_sr_and_mip_that_read_back_as_findings_json() {
     let compared = report["measurements_compared"].as_u64().unwrap();
     assert_eq!(compared, 5 * findings["lesion_count"].as_u64().unwrap() + 3, "{report}");
 }
+
+#[test]
+fn the_model_grid_keeps_the_box_the_activity_and_the_body() {
+    let work = tempfile::tempdir().unwrap();
+    let study = work.path().join("study");
+    phantom(&study, &["--seed", "23"]);
+    let out_dir = work.path().join("out");
+    // 8 mm is coarser than the small CT in-plane (3.9 mm, filtered) and finer in z (13 mm).
+    assert_success(&run(&study, &out_dir, &["--export-volumes", "--model-spacing", "8"]), "run");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/model_grid_check.py");
+    let out = Command::new("python3").arg(script).arg(&out_dir).arg("8").output().unwrap();
+    assert_success(&out, "SimpleITK check");
+    let check: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("model grid: {check}");
+    assert_eq!(check["size"], check["expected_size"]);
+    assert_eq!(check["spacing"], serde_json::json!([8.0, 8.0, 8.0]));
+    assert!(check["corner_error_mm"].as_f64().unwrap() < 1e-3, "{check}");
+    assert!(check["direction_error"].as_f64().unwrap() < 1e-6, "{check}");
+    let activity = check["activity_ratio"].as_f64().unwrap();
+    assert!((activity - 1.0).abs() < 0.02, "activity not preserved: {check}");
+    let body = check["body_fraction"].as_f64().unwrap();
+    assert!(body > 0.2 && body < 0.9, "{check}");
+    assert!(check["hu_outside_body_mean"].as_f64().unwrap() < -800.0, "{check}");
+    assert!((check["density_ratio"].as_f64().unwrap() - 1.0).abs() < 0.02, "CT not preserved: {check}");
+}

@@ -307,63 +307,9 @@ fn gradient(eval: &impl Fn(&[f64; 6]) -> Value, q: &[f64; 6], h: f64) -> [f64; 6
 /// Gaussian smoothing (`sigma_mm`) and decimation to a voxel size near sigma, per axis; the
 /// blur is evaluated only at the kept voxels, so a fine CT costs little at coarse levels.
 fn smooth_and_shrink(v: &Volume<f32>, sigma_mm: f64) -> Volume<f32> {
-    let mut g = v.geometry().clone();
-    let mut data = v.data().to_vec();
-    for axis in 0..3 {
-        let spacing = g.spacing_mm[axis];
-        let factor = ((sigma_mm / spacing).floor() as usize).clamp(1, g.dims[axis].max(1));
-        let sigma_vox = sigma_mm / spacing;
-        if sigma_vox < 0.3 && factor == 1 {
-            continue;
-        }
-        let kernel = gaussian_kernel(sigma_vox);
-        let (out, n_out) = blur_axis(&data, g.dims, axis, &kernel, factor);
-        data = out;
-        g.dims[axis] = n_out;
-        g.spacing_mm[axis] = spacing * factor as f64;
-    }
-    // The dims were updated with the data, so the lengths agree.
-    Volume::new(g, data).expect("shrunk data matches its geometry")
-}
-
-fn gaussian_kernel(sigma_vox: f64) -> Vec<f32> {
-    if sigma_vox < 0.3 {
-        return vec![1.0];
-    }
-    let r = (3.0 * sigma_vox).ceil() as i64;
-    let w: Vec<f64> = (-r..=r).map(|i| (-0.5 * (i as f64 / sigma_vox).powi(2)).exp()).collect();
-    let sum: f64 = w.iter().sum();
-    w.iter().map(|v| (v / sum) as f32).collect()
-}
-
-/// Blurs along `axis` with `kernel` (edge voxels repeated) and keeps every `factor`-th voxel.
-fn blur_axis(data: &[f32], dims: [usize; 3], axis: usize, kernel: &[f32], factor: usize) -> (Vec<f32>, usize) {
-    let n = dims[axis];
-    let n_out = n.div_ceil(factor);
-    let mut out_dims = dims;
-    out_dims[axis] = n_out;
-    let [nx, ny, _] = dims;
-    let stride = [1, nx, nx * ny][axis];
-    let r = (kernel.len() / 2) as isize;
-    let [ox, oy, _] = out_dims;
-    let mut out = vec![0f32; out_dims.iter().product()];
-    out.par_chunks_mut(ox * oy).enumerate().for_each(|(k, slice)| {
-        for (j, row) in slice.chunks_exact_mut(ox).enumerate() {
-            for (i, v) in row.iter_mut().enumerate() {
-                let mut idx = [i, j, k];
-                let centre = (idx[axis] * factor) as isize;
-                idx[axis] = 0;
-                let base = idx[2] * nx * ny + idx[1] * nx + idx[0];
-                let mut acc = 0f32;
-                for (t, w) in kernel.iter().enumerate() {
-                    let p = (centre + t as isize - r).clamp(0, n as isize - 1) as usize;
-                    acc += w * data[base + p * stride];
-                }
-                *v = acc;
-            }
-        }
-    });
-    (out, n_out)
+    let g = v.geometry();
+    let factor = std::array::from_fn(|a| ((sigma_mm / g.spacing_mm[a]).floor() as usize).clamp(1, g.dims[a].max(1)));
+    super::blur_and_decimate(v, [sigma_mm; 3], factor)
 }
 
 #[derive(Debug, Clone, Copy)]
