@@ -290,17 +290,9 @@ pub struct Settings {
 impl Config {
     /// Parses TOML text; errors name the key at fault.
     pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
-        // Syntax errors surface from the deserializer too; they carry no key path.
-        let de = toml::Deserializer::new(text);
-        serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let inner = e.into_inner();
-            let message = inner.message().trim().to_string();
-            if key == "." || key.is_empty() {
-                ConfigError::Syntax { path: path.into(), message: inner.to_string().trim().to_string() }
-            } else {
-                ConfigError::Key { path: path.into(), key, message }
-            }
+        from_toml(text).map_err(|e| match e {
+            TomlError::Syntax(message) => ConfigError::Syntax { path: path.into(), message },
+            TomlError::Key { key, message } => ConfigError::Key { path: path.into(), key, message },
         })
     }
 
@@ -523,6 +515,28 @@ impl Config {
         }
         (problems.len() == before).then_some((worker, delivery, destinations))
     }
+}
+
+/// Why a TOML document did not deserialise: a syntax error, or the key path at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TomlError {
+    Syntax(String),
+    Key { key: String, message: String },
+}
+
+/// Deserialises TOML text (the config, model manifests); errors name the key at fault.
+pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlError> {
+    // Syntax errors surface from the deserializer too; they carry no key path.
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        if key == "." || key.is_empty() {
+            TomlError::Syntax(inner.to_string().trim().to_string())
+        } else {
+            TomlError::Key { key, message: inner.message().trim().to_string() }
+        }
+    })
 }
 
 fn resolve_host(host: &str) -> Result<Vec<IpAddr>, String> {
