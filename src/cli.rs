@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 
 use crate::config::{Config, ConfigError};
 use crate::db::Db;
+use crate::infer::{InferError, Models};
 
 #[derive(Parser)]
 #[command(name = "petct-node", version, about = "DICOM-native PET/CT AI node")]
@@ -146,10 +147,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             served?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::CheckConfig { file } => match Config::load(&file) {
-            Ok(s) => {
+        Command::CheckConfig { file } => match Config::load(&file).map(|s| {
+            // The models are loaded as at start-up: manifests, sha256, the networks' interfaces.
+            let models = Models::load(&s.inference, &s.models);
+            (s, models)
+        }) {
+            Ok((_, Err(InferError::Invalid { problems }))) => {
+                for (key, message) in problems {
+                    eprintln!("{}: key `{key}`: {message}", file.display());
+                }
+                Ok(ExitCode::from(2))
+            }
+            Ok((_, Err(e))) => {
+                eprintln!("{}: {e}", file.display());
+                Ok(ExitCode::from(2))
+            }
+            Ok((s, Ok(models))) => {
                 println!(
-                    "{}: OK (AE {} on {}, {} peer(s){}, storage {}, database {}, {} worker(s), destinations: {})",
+                    "{}: OK (AE {} on {}, {} peer(s){}, storage {}, database {}, {} worker(s), destinations: {}, models: {})",
                     file.display(),
                     s.ae_title,
                     s.bind,
@@ -158,7 +173,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.storage_dir.display(),
                     redact_url(&s.database_url),
                     s.worker.count,
-                    destinations(&s.destinations)
+                    destinations(&s.destinations),
+                    describe_models(&models)
                 );
                 Ok(ExitCode::SUCCESS)
             }
@@ -344,6 +360,17 @@ fn format_ms(ms: Option<i64>) -> String {
         .ok()
         .and_then(|t| t.format(&fmt).ok())
         .unwrap_or_else(|| ms.to_string())
+}
+
+fn describe_models(models: &Models) -> String {
+    if models.is_empty() {
+        return "none (classical segmentation only)".into();
+    }
+    let each = models.iter().map(|m| {
+        let manifest = m.manifest();
+        format!("{} {} ({}, {})", m.name(), manifest.version, manifest.task.as_str(), m.device())
+    });
+    each.collect::<Vec<_>>().join(", ")
 }
 
 fn destinations(d: &[crate::config::Destination]) -> String {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::ids::AeTitle;
+use crate::infer::{Device, InferenceSettings};
 use crate::pipeline::RegistrationPolicy;
 use crate::segment::SegmentOptions;
 
@@ -54,6 +55,12 @@ pub struct Config {
     /// The classical segmentation (always available; used when no model is configured).
     #[serde(default)]
     pub segmentation: SegmentOptions,
+    /// ONNX Runtime: where the library is and where the learned models run.
+    #[serde(default)]
+    pub inference: InferenceConfig,
+    /// Learned models, one entry per model manifest; none: the classical segmentation only.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +219,32 @@ pub struct DestinationConfig {
     pub calling_ae_title: Option<String>,
 }
 
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct InferenceConfig {
+    /// `libonnxruntime.so`, relative to the config file; empty: `$ORT_DYLIB_PATH`.
+    pub library: String,
+    pub device: Device,
+    /// With `device = "cuda"`: run on the CPU when CUDA cannot be used instead of refusing to start.
+    pub allow_cpu_fallback: bool,
+    /// Intra-op threads per session.
+    pub threads: usize,
+}
+
+impl Default for InferenceConfig {
+    fn default() -> Self {
+        let d = InferenceSettings::default();
+        Self { library: String::new(), device: d.device, allow_cpu_fallback: d.allow_cpu_fallback, threads: d.threads }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model's `*.model.toml`, relative to the config file.
+    pub manifest: PathBuf,
+}
+
 /// Job processing after validation.
 #[derive(Debug, Clone)]
 pub struct WorkerSettings {
@@ -285,6 +318,10 @@ pub struct Settings {
     pub destinations: Vec<Destination>,
     pub registration: RegistrationPolicy,
     pub segmentation: SegmentOptions,
+    pub inference: InferenceSettings,
+    /// Model manifests, resolved against the config file's folder; loaded and checked by
+    /// [`crate::infer::Models::load`].
+    pub models: Vec<PathBuf>,
 }
 
 impl Config {
@@ -396,6 +433,7 @@ impl Config {
             if known_scheme { Ok(()) } else { Err("must start with postgres://, postgresql:// or sqlite:".into()) },
         );
         let jobs = self.jobs_settings(ae_title.as_ref().ok(), &mut problems);
+        let (inference, models) = self.inference_settings(path, &mut problems);
         match (ae_title, bind, quiet, idle, deadline, jobs) {
             (
                 Ok(ae_title),
@@ -430,6 +468,8 @@ impl Config {
                     destinations,
                     registration: self.registration.clone(),
                     segmentation: self.segmentation.clone(),
+                    inference,
+                    models,
                 })
             }
             _ => Err(ConfigError::Invalid { path: path.into(), problems }),
@@ -539,6 +579,36 @@ pub fn from_toml<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, TomlEr
     })
 }
 
+impl Config {
+    /// `[inference]` and `[[models]]`: paths resolved against the config file's folder.
+    fn inference_settings(
+        &self,
+        path: &Path,
+        problems: &mut Vec<(String, String)>,
+    ) -> (InferenceSettings, Vec<PathBuf>) {
+        let dir = path.parent().unwrap_or(Path::new(""));
+        let i = &self.inference;
+        if i.threads == 0 {
+            problems.push(("inference.threads".into(), "must be at least 1".into()));
+        }
+        let mut models = Vec::with_capacity(self.models.len());
+        for (n, m) in self.models.iter().enumerate() {
+            if m.manifest.as_os_str().is_empty() {
+                problems.push((format!("models[{n}].manifest"), "must name a model manifest (*.model.toml)".into()));
+            }
+            models.push(dir.join(&m.manifest));
+        }
+        let library = (!i.library.is_empty()).then(|| dir.join(&i.library));
+        let settings = InferenceSettings {
+            library,
+            device: i.device,
+            allow_cpu_fallback: i.allow_cpu_fallback,
+            threads: i.threads,
+        };
+        (settings, models)
+    }
+}
+
 fn resolve_host(host: &str) -> Result<Vec<IpAddr>, String> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(vec![ip]);
@@ -607,9 +677,24 @@ mod tests {
             "growth_mm",
             "min_prominence",
             "body_hu_threshold",
+            "library",
+            "device",
+            "allow_cpu_fallback",
+            "threads",
+            "manifest",
         ] {
-            assert!(text.lines().any(|l| l.trim_start().starts_with(&format!("{key} ="))), "{key} undocumented");
+            // `[[models]]` is shown commented out: no model ships with the node.
+            let documented = |l: &str| {
+                let l = l.trim_start();
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("#{key} ="))
+            };
+            assert!(text.lines().any(documented), "{key} undocumented");
         }
+        assert!(s.models.is_empty());
+        // The commented `[[models]]` example parses once uncommented, relative to the file.
+        let uncommented = text.replace("#[[models]]", "[[models]]").replace("#manifest =", "manifest =");
+        let s = Config::parse(&path, &uncommented).unwrap().settings(&path).unwrap();
+        assert_eq!(s.models, [path.parent().unwrap().join("models/anomaly.model.toml")]);
     }
 
     #[test]
@@ -690,6 +775,28 @@ mod tests {
                 "destinations[1].port"
             ]
         );
+    }
+
+    #[test]
+    fn inference_keys_are_checked_and_paths_resolved_against_the_config_file() {
+        let p = Path::new("/etc/petct/node.toml");
+        let text = "[inference]\nlibrary = \"lib/libonnxruntime.so\"\ndevice = \"cuda\"\nthreads = 1\n\
+                    [[models]]\nmanifest = \"models/a.model.toml\"\n[[models]]\nmanifest = \"/abs/b.model.toml\"\n";
+        let s = Config::parse(p, text).unwrap().settings(p).unwrap();
+        assert_eq!(s.inference.library.as_deref(), Some(Path::new("/etc/petct/lib/libonnxruntime.so")));
+        assert_eq!(s.inference.device, Device::Cuda);
+        assert!(!s.inference.allow_cpu_fallback);
+        assert_eq!(s.models, [PathBuf::from("/etc/petct/models/a.model.toml"), PathBuf::from("/abs/b.model.toml")]);
+        let d = parse("").unwrap();
+        assert_eq!((d.inference.library, d.inference.device, d.inference.threads), (None, Device::Cpu, 2));
+        let e = parse("[inference]\ndevice = \"tpu\"\n").unwrap_err().to_string();
+        assert!(e.contains("inference.device") && e.contains("tpu"), "{e}");
+        let e = parse("[inference]\nthreads = 0\n[[models]]\nmanifest = \"\"\n").unwrap_err();
+        let ConfigError::Invalid { problems, .. } = e else { panic!("{e}") };
+        let keys: Vec<&str> = problems.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["inference.threads", "models[0].manifest"]);
+        let e = parse("[[models]]\nmanifest = \"a\"\nname = \"x\"\n").unwrap_err().to_string();
+        assert!(e.contains("models[0]") && e.contains("name"), "{e}");
     }
 
     #[test]
