@@ -226,13 +226,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run { dir, out, export_volumes, model_spacing, config } => {
-            let options = match config {
-                Some(path) => crate::pipeline::PipelineOptions::from_settings(&Config::load(&path)?),
+            let (options, mut models) = match config {
+                Some(path) => {
+                    let settings = Config::load(&path)?;
+                    let models = crate::infer::Models::load(&settings.inference, &settings.models)?;
+                    (crate::pipeline::PipelineOptions::from_settings(&settings), models)
+                }
                 None => Default::default(),
             };
             let options =
                 crate::pipeline::PipelineOptions { export_volumes, model_spacing_mm: model_spacing, ..options };
-            let summary = crate::pipeline::run(&dir, &out, &options)?;
+            let summary = crate::pipeline::run(&dir, &out, &options, &mut models)?;
             println!("{}", serde_json::to_string_pretty(&summary)?);
             Ok(ExitCode::SUCCESS)
         }

@@ -421,6 +421,9 @@ impl Config {
         for (key, message) in self.segmentation.problems() {
             check(&format!("segmentation.{key}"), Err(message));
         }
+        if self.segmentation.classical == crate::segment::ClassicalUse::Never && self.models.is_empty() {
+            check("segmentation.classical", Err("\"never\" needs a segmentation model in [[models]]".into()));
+        }
         let url = &self.database.url;
         let database_url = if url.is_empty() {
             format!("sqlite://{}?mode=rwc", self.storage.dir.join("petct-node.db").display())

@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::assemble::{self, AssembleError};
@@ -13,11 +14,13 @@ use crate::calibrate::{self, CalibrateError};
 use crate::encode::{self, EncodeError, EncodeInput, OutputUids, Segment};
 use crate::geometry::registration::{Registration, RegistrationError, RegistrationOptions, register_rigid};
 use crate::geometry::{Rigid, model_grid, resample_linear};
+use crate::infer::stage::{Inferred, run_models};
+use crate::infer::{InferError, Models};
 use crate::inspect::{self, InspectError};
 use crate::nifti;
 use crate::pet_header;
 use crate::quantify::{self, Mask, MaskSource, QuantifyError};
-use crate::segment::{self, SegmentError, SegmentOptions};
+use crate::segment::{self, ClassicalUse, SegmentError, SegmentOptions};
 use crate::volume::Volume;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +39,10 @@ pub enum PipelineError {
     RegistrationRejected { pet: String, ct: String, reason: String },
     #[error("segmenting: {0}")]
     Segment(#[from] SegmentError),
+    #[error("running the models: {0}")]
+    Infer(#[from] InferError),
+    #[error("no segmentation: [segmentation] classical = \"never\" and no segmentation model is configured")]
+    NoSegmentation,
     #[error("measuring lesions: {0}")]
     Quantify(#[from] QuantifyError),
     #[error(transparent)]
@@ -66,6 +73,10 @@ pub struct RunSummary {
     pub lesion_count: usize,
     pub total_mtv_ml: f64,
     pub total_tlg: f64,
+    /// The segments of the SEG, in order (a model's name, or `classical`).
+    pub segments: Vec<String>,
+    /// The anomaly model's study-level abnormality score (0..1), when one is configured.
+    pub anomaly_score: Option<f64>,
     /// UIDs of the SEG, SR and MIP (derived from the inputs and `algorithm_version`).
     pub uids: OutputUids,
     pub algorithm_version: String,
@@ -136,6 +147,7 @@ pub struct Timings {
     pub calibrate: f64,
     pub register: f64,
     pub resample: f64,
+    pub infer: f64,
     pub segment: f64,
     pub quantify: f64,
     pub encode: f64,
@@ -161,20 +173,29 @@ pub enum Stage {
     Assemble,
     Calibrate,
     Register,
+    Infer,
     Segment,
     Quantify,
     Encode,
 }
 
 impl Stage {
-    const ALL: [Stage; 6] =
-        [Stage::Assemble, Stage::Calibrate, Stage::Register, Stage::Segment, Stage::Quantify, Stage::Encode];
+    const ALL: [Stage; 7] = [
+        Stage::Assemble,
+        Stage::Calibrate,
+        Stage::Register,
+        Stage::Infer,
+        Stage::Segment,
+        Stage::Quantify,
+        Stage::Encode,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             Stage::Assemble => "assemble",
             Stage::Calibrate => "calibrate",
             Stage::Register => "register",
+            Stage::Infer => "infer",
             Stage::Segment => "segment",
             Stage::Quantify => "quantify",
             Stage::Encode => "encode",
@@ -212,17 +233,42 @@ fn export_model_grid(
     suv_on_ct: &Volume<f32>,
     ct_hu: &Volume<f32>,
     body: &Mask,
+    prior: Option<&Volume<f32>>,
 ) -> Result<Vec<PathBuf>, PipelineError> {
     let dir = out.join("model_grid");
     std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Write { path: dir.clone(), source })?;
     let grid = model_grid::model_grid(ct_hu.geometry(), spacing);
     let (suv, ct) =
         rayon::join(|| model_grid::to_grid(suv_on_ct, &grid, 0.0), || model_grid::to_grid(ct_hu, &grid, AIR_HU));
-    Ok(vec![
+    let mut written = vec![
         export(&dir, "suv.nii.gz", &suv, "SUVbw, model grid")?,
         export(&dir, "ct_hu.nii.gz", &ct, "CT in HU, model grid")?,
         export(&dir, "body.nii.gz", &model_grid::mask_to_grid(body, &grid), "body mask, model grid")?,
-    ])
+    ];
+    if let Some(prior) = prior {
+        // The anomaly model's own grid; another spacing was asked for: resampled onto it.
+        let prior = if *prior.geometry() == grid {
+            prior.clone()
+        } else {
+            resample_linear(prior, &grid, &Rigid::IDENTITY, 0.0)
+        };
+        written.push(export(&dir, "anomaly_prior.nii.gz", &prior, "anomaly probability, model grid")?);
+    }
+    Ok(written)
+}
+
+/// `mask.nii.gz` (every segment's foreground: what the lesions are made of) and
+/// `mask_<method>.nii.gz` for each segment.
+fn export_masks(out: &Path, segments: &[Segment], methods: &[String]) -> Result<Vec<PathBuf>, PipelineError> {
+    let mut union = segments[0].mask.clone();
+    for s in &segments[1..] {
+        union.data_mut().par_iter_mut().zip(s.mask.data().par_iter()).for_each(|(u, &v)| *u |= v);
+    }
+    let mut written = vec![export(out, "mask.nii.gz", &union, "every segment's foreground, CT grid")?];
+    for (s, m) in segments.iter().zip(methods) {
+        written.push(export(out, &format!("mask_{m}.nii.gz"), &s.mask, &format!("{}, CT grid", s.label))?);
+    }
+    Ok(written)
 }
 
 /// What the CT reads outside the body and beyond its box.
@@ -245,8 +291,12 @@ impl PipelineOptions {
 
     /// Node version and every setting that changes the results: part of every output UID, so
     /// results made differently never collide with earlier ones in the PACS.
-    pub fn algorithm_version(&self) -> String {
-        format!("petct-node {}; {}", env!("CARGO_PKG_VERSION"), self.segmentation.describe())
+    pub fn algorithm_version(&self, models: &Models) -> String {
+        let mut v = format!("petct-node {}; {}", env!("CARGO_PKG_VERSION"), self.segmentation.describe());
+        for m in models.iter() {
+            v.push_str(&format!("; {} {} {}", m.name(), m.manifest().version, m.manifest().sha256));
+        }
+        v
     }
 
     fn enter(&self, stage: Stage) {
@@ -268,7 +318,12 @@ pub struct PairInput {
 }
 
 /// Runs the pipeline on the first complete PET series (by UID) found under `dir`.
-pub fn run(dir: &Path, out: &Path, options: &PipelineOptions) -> Result<RunSummary, PipelineError> {
+pub fn run(
+    dir: &Path,
+    out: &Path,
+    options: &PipelineOptions,
+    models: &mut Models,
+) -> Result<RunSummary, PipelineError> {
     let report = inspect::inspect(dir)?;
     let (pet, ct_uid, needs_registration) = report
         .series
@@ -288,11 +343,17 @@ pub fn run(dir: &Path, out: &Path, options: &PipelineOptions) -> Result<RunSumma
         ct_paths: ct.paths.clone(),
         needs_registration,
     };
-    process(&input, out, options)
+    process(&input, out, options, models)
 }
 
-/// Runs every stage on one PET/CT pair and writes the outputs under `out` (created).
-pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Result<RunSummary, PipelineError> {
+/// Runs every stage on one PET/CT pair and writes the outputs under `out` (created). `models`
+/// are the learned models (none: the classical segmentation alone).
+pub fn process(
+    input: &PairInput,
+    out: &Path,
+    options: &PipelineOptions,
+    models: &mut Models,
+) -> Result<RunSummary, PipelineError> {
     let t0 = Instant::now();
     options.enter(Stage::Assemble);
     let assembled = |series_uid: &str, paths: &[PathBuf]| {
@@ -311,7 +372,6 @@ pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Resu
     let header = pet_header::series_pet_header(pet_series.headers.iter().map(|h| &**h)).map_err(calibrate_err)?;
     let suv = calibrate::suv_bw_factor(&header).map_err(calibrate_err)?;
     let factor = suv.factor as f32;
-    use rayon::prelude::*;
     pet_series.volume.data_mut().par_iter_mut().for_each(|v| *v *= factor);
     let t2 = Instant::now();
     options.enter(Stage::Register);
@@ -333,25 +393,56 @@ pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Resu
     let transform = registration.as_ref().map_or(Rigid::IDENTITY, |r| r.transform);
     let suv_on_ct = resample_linear(&pet_series.volume, ct_series.volume.geometry(), &transform, 0.0);
     let t3 = Instant::now();
-    options.enter(Stage::Segment);
-
+    options.enter(Stage::Infer);
     let body = segment::body_mask(&ct_series.volume, options.segmentation.body_hu_threshold)?;
-    let mask = segment::classical_in_body(&suv_on_ct, &body, &options.segmentation)?;
+    let inferred =
+        if models.is_empty() { Inferred::default() } else { run_models(models, &suv_on_ct, &ct_series.volume, &body)? };
+    let t_infer = Instant::now();
+    options.enter(Stage::Segment);
+    let classical = match options.segmentation.classical {
+        ClassicalUse::Always => true,
+        ClassicalUse::Never => false,
+        ClassicalUse::Auto => inferred.segmentations.is_empty(),
+    };
+    let mut segments: Vec<Segment> = inferred
+        .segmentations
+        .iter()
+        .map(|m| Segment {
+            number: 0,
+            label: format!("Lesions ({})", m.name),
+            algorithm_name: m.name.clone(),
+            algorithm_version: m.version.clone(),
+            description: m.annotation_source.as_ref().map(|a| format!("trained on the {a}")),
+            mask: m.mask.clone(),
+        })
+        .collect();
+    if classical {
+        segments.push(Segment {
+            number: 0,
+            label: "Lesions (classical)".into(),
+            algorithm_name: CLASSICAL_ALGORITHM.into(),
+            algorithm_version: env!("CARGO_PKG_VERSION").into(),
+            description: Some(options.segmentation.describe()),
+            mask: segment::classical_in_body(&suv_on_ct, &body, &options.segmentation)?,
+        });
+    }
+    if segments.is_empty() {
+        return Err(PipelineError::NoSegmentation);
+    }
+    for (i, s) in segments.iter_mut().enumerate() {
+        s.number = i as u16 + 1;
+    }
+    let methods: Vec<String> =
+        inferred.segmentations.iter().map(|m| m.name.clone()).chain(classical.then(|| CLASSICAL.to_string())).collect();
     let t_seg = Instant::now();
     options.enter(Stage::Quantify);
-    let source = MaskSource { segment: 1, method: CLASSICAL };
-    let (labels, findings) = quantify::quantify(&mask, &suv_on_ct, options.segmentation.connectivity, source)?;
+    let sources: Vec<(&Mask, MaskSource)> =
+        segments.iter().zip(&methods).map(|(s, m)| (&s.mask, MaskSource { segment: s.number, method: m })).collect();
+    let (labels, mut findings) = quantify::quantify_sources(&sources, &suv_on_ct, options.segmentation.connectivity)?;
+    findings.anomaly_score = inferred.anomaly.as_ref().map(|a| a.score);
     let t_quant = Instant::now();
     options.enter(Stage::Encode);
-    let algorithm_version = options.algorithm_version();
-    let segments = [Segment {
-        number: 1,
-        label: "Lesions (classical)".into(),
-        algorithm_name: CLASSICAL_ALGORITHM.into(),
-        algorithm_version: env!("CARGO_PKG_VERSION").into(),
-        description: Some(options.segmentation.describe()),
-        mask,
-    }];
+    let algorithm_version = options.algorithm_version(models);
     let encoded = encode::encode(&EncodeInput {
         ct: &ct_series,
         pet: &pet_series,
@@ -374,11 +465,17 @@ pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Resu
         for (name, volume, description) in volumes {
             outputs.push(export(out, name, volume, description)?);
         }
-        outputs.push(export(out, "mask.nii.gz", &segments[0].mask, "classical segmentation, CT grid")?);
+        outputs.extend(export_masks(out, &segments, &methods)?);
         outputs.push(export(out, "lesions.nii.gz", &labels, "lesion labels as in findings.json, CT grid")?);
+        if let Some(a) = &inferred.anomaly {
+            outputs.push(export(out, "anomaly.nii.gz", &a.probability, "anomaly probability, CT grid")?);
+        }
     }
-    if let Some(spacing) = options.model_spacing_mm {
-        outputs.extend(export_model_grid(out, spacing, &suv_on_ct, &ct_series.volume, &body)?);
+    // With models, the grid they work on; else the one asked for.
+    let model_spacing = models.iter().next().map(|m| m.manifest().spacing_mm).or(options.model_spacing_mm);
+    if let Some(spacing) = model_spacing.filter(|_| options.export_volumes || options.model_spacing_mm.is_some()) {
+        let prior = inferred.anomaly.as_ref().map(|a| &a.on_model_grid);
+        outputs.extend(export_model_grid(out, spacing, &suv_on_ct, &ct_series.volume, &body, prior)?);
     }
     let findings_json = serde_json::to_vec_pretty(&findings)
         .map_err(|e| PipelineError::Write { path: out.join("findings.json"), source: e.into() })?;
@@ -415,6 +512,8 @@ pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Resu
         lesion_count: findings.lesion_count,
         total_mtv_ml: findings.total_mtv_ml,
         total_tlg: findings.total_tlg,
+        segments: methods,
+        anomaly_score: findings.anomaly_score,
         uids: encoded.uids,
         algorithm_version,
         seconds: Timings {
@@ -422,7 +521,8 @@ pub fn process(input: &PairInput, out: &Path, options: &PipelineOptions) -> Resu
             calibrate: (t2 - t1).as_secs_f64(),
             register: (t_reg - t2).as_secs_f64(),
             resample: (t3 - t_reg).as_secs_f64(),
-            segment: (t_seg - t3).as_secs_f64(),
+            infer: (t_infer - t3).as_secs_f64(),
+            segment: (t_seg - t_infer).as_secs_f64(),
             quantify: (t_quant - t_seg).as_secs_f64(),
             encode: (t_enc - t_quant).as_secs_f64(),
             write: (t4 - t_enc).as_secs_f64(),

@@ -279,10 +279,6 @@ impl Components {
         Components { dims, runs, row_start, component, count }
     }
 
-    pub(crate) fn count(&self) -> usize {
-        self.count
-    }
-
     /// Voxel count of each component.
     pub(crate) fn sizes(&self) -> Vec<usize> {
         let mut sizes = vec![0usize; self.count];
@@ -442,29 +438,66 @@ pub fn quantify(
     connectivity: Connectivity,
     source: MaskSource<'_>,
 ) -> Result<(Volume<u32>, Findings), QuantifyError> {
-    let geometry: &Geometry = mask.geometry();
+    quantify_sources(&[(mask, source)], suv, connectivity)
+}
+
+/// Lesions from several masks (one per method, e.g. each model's and the classical one's), in
+/// order of precedence: each connected component of the first mask is a lesion; a component of
+/// a later mask is a lesion of its own only where it touches none of the lesions before it.
+/// Every lesion lists, in `segments` and `detected_by`, the method it comes from first, then
+/// every other method whose mask overlaps it. Measured and numbered as [`quantify`] does.
+pub fn quantify_sources(
+    sources: &[(&Mask, MaskSource<'_>)],
+    suv: &Volume<f32>,
+    connectivity: Connectivity,
+) -> Result<(Volume<u32>, Findings), QuantifyError> {
+    let geometry: &Geometry = suv.geometry();
     let dims = geometry.dims;
-    if suv.geometry().dims != dims {
-        return Err(QuantifyError::GridMismatch { mask: dims, suv: suv.geometry().dims });
+    if let Some((m, _)) = sources.iter().find(|(m, _)| m.geometry().dims != dims) {
+        return Err(QuantifyError::GridMismatch { mask: m.geometry().dims, suv: dims });
     }
-    let components = Components::new(mask.data(), dims, connectivity);
+    // Each lesion: its voxels and the index of the source it comes from.
+    let mut lists: Vec<(Vec<usize>, usize)> = Vec::new();
+    let mut taken = vec![false; suv.data().len()];
+    for (s, (mask, _)) in sources.iter().enumerate() {
+        let fresh: Vec<Vec<usize>> = Components::new(mask.data(), dims, connectivity)
+            .voxel_lists()
+            .into_par_iter()
+            .filter(|list| !list.iter().any(|&v| taken[v]))
+            .collect();
+        for list in fresh {
+            for &v in &list {
+                taken[v] = true;
+            }
+            lists.push((list, s));
+        }
+    }
     let ball = ball_offsets(geometry.spacing_mm, SUV_PEAK_RADIUS_MM);
-    let lists = components.voxel_lists();
     let mut measured: Vec<Measured> =
-        lists.par_iter().enumerate().map(|(c, list)| measure(c, list, suv.data(), dims, &ball)).collect();
+        lists.par_iter().enumerate().map(|(c, (list, _))| measure(c, list, suv.data(), dims, &ball)).collect();
     measured.sort_by(|a, b| b.suv_max.total_cmp(&a.suv_max).then(a.max_at.cmp(&b.max_at)));
-    let mut label_of = vec![0u32; components.count()];
+    let mut labels = vec![0u32; suv.data().len()];
     for (rank, m) in measured.iter().enumerate() {
-        label_of[m.component] = rank as u32 + 1;
+        for &v in &lists[m.component].0 {
+            labels[v] = rank as u32 + 1;
+        }
     }
-    let mut labels = vec![0u32; mask.data().len()];
-    components.paint(&mut labels, |c| Some(label_of[c]));
     let labels = Volume::new(geometry.clone(), labels)?;
     let voxel_ml = geometry.spacing_mm.iter().product::<f64>() / 1000.0;
     let lesions: Vec<Lesion> = measured
-        .into_iter()
+        .into_par_iter()
         .enumerate()
         .map(|(rank, m)| {
+            let (list, first) = &lists[m.component];
+            let found: Vec<&MaskSource> = std::iter::once(&sources[*first].1)
+                .chain(
+                    sources
+                        .iter()
+                        .enumerate()
+                        .filter(|&(s, (mask, _))| s != *first && list.iter().any(|&v| mask.data()[v] != 0))
+                        .map(|(_, (_, source))| source),
+                )
+                .collect();
             let volume_ml = m.voxels as f64 * voxel_ml;
             Lesion {
                 label: rank as u32 + 1,
@@ -476,8 +509,8 @@ pub fn quantify(
                 tlg: m.suv_mean * volume_ml,
                 centroid_mm: geometry.index_to_patient(m.centroid_ijk),
                 bbox: m.bbox,
-                segments: vec![source.segment],
-                detected_by: vec![source.method.to_string()],
+                segments: found.iter().map(|s| s.segment).collect(),
+                detected_by: found.iter().map(|s| s.method.to_string()).collect(),
             }
         })
         .collect();
@@ -677,5 +710,31 @@ pub(crate) mod tests {
         ));
         let (_, f) = quantify(&mask, &volume([4, 4, 4], [1.0; 3], |_| 0f32), Connectivity::Edges18, SOURCE).unwrap();
         assert_eq!((f.lesion_count, f.total_mtv_ml), (0, 0.0));
+    }
+
+    #[test]
+    fn several_sources_give_one_lesion_per_finding_with_who_found_it() {
+        let dims = [30, 10, 5];
+        let on = |c: [usize; 3], xs: std::ops::Range<usize>| c[1] == 5 && c[2] == 2 && xs.contains(&c[0]);
+        // The model finds a bar at x 2..8; the baseline finds a longer bar over it and one at 20..24.
+        let model = volume(dims, [2.0, 2.0, 3.0], |c| u8::from(on(c, 2..8)));
+        let baseline = volume(dims, [2.0, 2.0, 3.0], |c| u8::from(on(c, 1..10) || on(c, 20..24)));
+        let suv = volume(dims, [2.0, 2.0, 3.0], |c| if on(c, 20..24) { 9.0 } else { 4.0 });
+        let sources = [
+            (&model, MaskSource { segment: 1, method: "model" }),
+            (&baseline, MaskSource { segment: 2, method: "classical" }),
+        ];
+        let (labels, f) = quantify_sources(&sources, &suv, Connectivity::Edges18).unwrap();
+        assert_eq!(f.lesion_count, 2);
+        // Hottest first: the baseline's own lesion, then the model's, measured on the model's mask.
+        assert_eq!(
+            (f.lesions[0].detected_by.clone(), f.lesions[0].segments.clone()),
+            (vec!["classical".into()], vec![2])
+        );
+        assert_eq!(f.lesions[0].voxels, 4);
+        assert_eq!(f.lesions[1].detected_by, ["model", "classical"]);
+        assert_eq!((f.lesions[1].segments.clone(), f.lesions[1].voxels), (vec![1, 2], 6));
+        let at = |x: usize| labels.data()[(2 * 10 + 5) * 30 + x];
+        assert_eq!((at(21), at(3), at(1), at(9)), (1, 2, 0, 0));
     }
 }

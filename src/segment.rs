@@ -54,6 +54,21 @@ pub struct SegmentOptions {
     pub min_prominence: f32,
     /// CT voxels above this (HU) form the body mask.
     pub body_hu_threshold: f32,
+    /// When the classical method runs beside the learned models.
+    pub classical: ClassicalUse,
+}
+
+/// When the classical segmentation runs (`[segmentation] classical`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClassicalUse {
+    /// Only when no segmentation model is configured.
+    #[default]
+    Auto,
+    /// Always, as one more segment after the models' (the baseline beside them).
+    Always,
+    /// Never; then at least one segmentation model must be configured.
+    Never,
 }
 
 impl Default for SegmentOptions {
@@ -66,6 +81,7 @@ impl Default for SegmentOptions {
             growth_mm: 8.0,
             min_prominence: 0.2,
             body_hu_threshold: -500.0,
+            classical: ClassicalUse::Auto,
         }
     }
 }

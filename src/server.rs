@@ -16,6 +16,7 @@ use crate::config::Settings;
 use crate::db::{Db, DbError};
 use crate::delivery::Deliverer;
 use crate::dimse::{Scp, ScpSettings};
+use crate::infer::{InferError, Models};
 use crate::ingest::Ingest;
 use crate::pipeline::PipelineOptions;
 use crate::store::{Store, StoreError};
@@ -31,6 +32,8 @@ pub enum ServeError {
     Bind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("installing signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error("loading the models: {0}")]
+    Models(#[from] InferError),
 }
 
 /// Runs the node until SIGTERM or SIGINT.
@@ -52,6 +55,7 @@ pub async fn run(
     cancel: CancellationToken,
     on_listen: impl FnOnce(std::net::SocketAddr),
 ) -> Result<(), ServeError> {
+    let models = load_models(&settings).await?;
     let store = Arc::new(Store::open(&settings.storage_dir, settings.min_free_bytes)?);
     let db = Db::connect(&settings.database_url, settings.database_max_connections).await?;
     info!(backend = ?db.backend(), storage = %settings.storage_dir.display(), "store and database ready");
@@ -78,7 +82,7 @@ pub async fn run(
             }
         })
     };
-    spawn_jobs(&settings, &db, &cancel, &tracker);
+    spawn_jobs(&settings, &db, models, &cancel, &tracker);
     let scp = Scp::new(ScpSettings::from(&settings), ingest);
     scp.serve(listener, cancel.clone(), tracker.clone()).await;
     tracker.close();
@@ -96,7 +100,7 @@ pub async fn run(
 
 /// Workers, the reaper and the delivery loop, on `tracker` so shutdown waits for them. A node
 /// with `worker.count = 0` only receives.
-fn spawn_jobs(settings: &Settings, db: &Db, cancel: &CancellationToken, tracker: &TaskTracker) {
+fn spawn_jobs(settings: &Settings, db: &Db, models: Vec<Models>, cancel: &CancellationToken, tracker: &TaskTracker) {
     if settings.worker.count == 0 {
         return;
     }
@@ -112,8 +116,9 @@ fn spawn_jobs(settings: &Settings, db: &Db, cancel: &CancellationToken, tracker:
         destinations: settings.destinations.iter().map(|d| d.name.clone()).collect(),
         delivery_wake: wake.clone(),
     });
-    for n in 0..settings.worker.count {
-        tracker.spawn(workers.clone().run(format!("{node}/w{n}"), cancel.clone(), hand_back_after));
+    for (n, models) in models.into_iter().enumerate() {
+        let models = Arc::new(std::sync::Mutex::new(models));
+        tracker.spawn(workers.clone().run(format!("{node}/w{n}"), models, cancel.clone(), hand_back_after));
     }
     tracker.spawn(workers.reap(cancel.clone()));
     let deliverer = Arc::new(Deliverer {
@@ -128,6 +133,22 @@ fn spawn_jobs(settings: &Settings, db: &Db, cancel: &CancellationToken, tracker:
     tracker.spawn(deliverer.run(cancel.clone(), hand_back_after));
     let (workers, destinations) = (settings.worker.count, settings.destinations.len());
     info!(node = %node, workers, destinations, "job workers started");
+}
+
+/// One set of model sessions per worker, checked before anything else starts.
+async fn load_models(settings: &Settings) -> Result<Vec<Models>, ServeError> {
+    let (inference, manifests, count) = (settings.inference.clone(), settings.models.clone(), settings.worker.count);
+    let models = tokio::task::spawn_blocking(move || {
+        (0..count).map(|_| Models::load(&inference, &manifests)).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| ServeError::Models(InferError::Library(format!("loading the models panicked: {e}"))))??;
+    if let Some(first) = models.first() {
+        for m in first.iter() {
+            info!(model = m.name(), version = %m.manifest().version, task = m.manifest().task.as_str(), device = ?m.device(), "model loaded");
+        }
+    }
+    Ok(models)
 }
 
 fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {

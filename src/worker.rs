@@ -9,7 +9,7 @@
 //! hands it back to the queue.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -18,6 +18,7 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::config::WorkerSettings;
 use crate::db::{Db, DbError};
+use crate::infer::Models;
 use crate::ingest::now_ms;
 use crate::pipeline::{self, PairInput, PipelineError, PipelineOptions, Progress, RunSummary};
 use crate::queue::{ClaimedJob, JobFate, ResultFile};
@@ -81,13 +82,19 @@ pub fn job_dir(job_id: i64) -> PathBuf {
 }
 
 impl Workers {
-    /// One worker loop: claims jobs until `cancel`.
-    pub async fn run(self: Arc<Self>, id: String, cancel: CancellationToken, deadline: Duration) {
+    /// One worker loop with its own model sessions: claims jobs until `cancel`.
+    pub async fn run(
+        self: Arc<Self>,
+        id: String,
+        models: Arc<Mutex<Models>>,
+        cancel: CancellationToken,
+        deadline: Duration,
+    ) {
         while !cancel.is_cancelled() {
             match self.db.claim_job(&id, now_ms()).await {
                 Ok(Some(job)) => {
                     let span = info_span!("job", job_id = job.id, study_uid = %job.study_uid, attempt = job.attempts);
-                    self.run_job(&id, job, &cancel, deadline).instrument(span).await;
+                    self.run_job(&id, job, &models, &cancel, deadline).instrument(span).await;
                     continue;
                 }
                 Ok(None) => {}
@@ -120,9 +127,16 @@ impl Workers {
         }
     }
 
-    async fn run_job(&self, worker: &str, job: ClaimedJob, cancel: &CancellationToken, deadline: Duration) {
+    async fn run_job(
+        &self,
+        worker: &str,
+        job: ClaimedJob,
+        models: &Arc<Mutex<Models>>,
+        cancel: &CancellationToken,
+        deadline: Duration,
+    ) {
         info!("job started");
-        let ending = self.process(worker, &job, cancel, deadline).await;
+        let ending = self.process(worker, &job, models, cancel, deadline).await;
         let now = now_ms();
         let recorded = match ending {
             Ending::LeaseLost => {
@@ -176,7 +190,14 @@ impl Workers {
     }
 
     /// Runs the pipeline with heartbeats; see the module note for lease loss and shutdown.
-    async fn process(&self, worker: &str, job: &ClaimedJob, cancel: &CancellationToken, deadline: Duration) -> Ending {
+    async fn process(
+        &self,
+        worker: &str,
+        job: &ClaimedJob,
+        models: &Arc<Mutex<Models>>,
+        cancel: &CancellationToken,
+        deadline: Duration,
+    ) -> Ending {
         let t0 = Instant::now();
         let input = match self.input(job).await {
             Ok(i) => i,
@@ -191,7 +212,13 @@ impl Workers {
         }
         let progress = Arc::new(Progress::default());
         let options = PipelineOptions { progress: Some(progress.clone()), ..self.pipeline.clone() };
-        let task = tokio::task::spawn_blocking(move || pipeline::process(&input, &out, &options));
+        let models = models.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            // A try left running after its lease was lost holds the sessions until it ends; a
+            // panic in one leaves them usable.
+            let mut models = models.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            pipeline::process(&input, &out, &options, &mut models)
+        });
         tokio::pin!(task);
         let mut beat = tokio::time::interval(self.settings.heartbeat_interval);
         beat.tick().await;

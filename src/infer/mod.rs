@@ -6,6 +6,7 @@
 
 pub mod manifest;
 pub mod session;
+pub mod stage;
 pub mod window;
 
 use std::path::PathBuf;

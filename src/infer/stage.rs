@@ -1,0 +1,224 @@
+//! The pipeline's `infer` stage: the configured models on one study. Channels go onto each
+//! model's grid (cropped to the body's bounding box plus a margin: outside it the inputs are
+//! air, so only speed changes), the anomaly model runs first and its probability map becomes
+//! the prior of the segmentation models, and every output comes back onto the CT grid.
+
+use rayon::prelude::*;
+
+use super::{Channels, InferError, Models};
+use crate::geometry::model_grid::{from_grid, mask_to_grid, model_grid, to_grid};
+use crate::geometry::{Rigid, resample_linear};
+use crate::quantify::Mask;
+use crate::volume::{Geometry, Volume};
+
+/// What the CT reads in air.
+const AIR_HU: f32 = -1000.0;
+/// Kept around the body's bounding box on the model grid, so that windows at the body's edge see
+/// the same air a whole-grid pass would.
+const CROP_MARGIN_MM: f64 = 16.0;
+
+/// One segmentation model's result on the CT grid.
+#[derive(Debug)]
+pub struct SegmentationResult {
+    pub name: String,
+    pub version: String,
+    pub annotation_source: Option<String>,
+    /// Foreground probability on the CT grid.
+    pub probability: Volume<f32>,
+    /// `probability >= threshold` inside the body.
+    pub mask: Mask,
+}
+
+/// The anomaly model's result.
+#[derive(Debug)]
+pub struct AnomalyResult {
+    pub name: String,
+    pub version: String,
+    /// Voxel anomaly probability on the CT grid.
+    pub probability: Volume<f32>,
+    /// The same on the whole (uncropped) model grid, as `run --export-volumes` writes it for
+    /// training.
+    pub on_model_grid: Volume<f32>,
+    pub score: f64,
+}
+
+#[derive(Debug, Default)]
+pub struct Inferred {
+    pub anomaly: Option<AnomalyResult>,
+    /// In configuration order.
+    pub segmentations: Vec<SegmentationResult>,
+}
+
+/// One model grid's channels, cropped.
+struct GridChannels {
+    /// The whole model grid.
+    full: Geometry,
+    suv: Volume<f32>,
+    ct_hu: Volume<f32>,
+    body: Mask,
+}
+
+impl GridChannels {
+    fn new(suv_on_ct: &Volume<f32>, ct_hu: &Volume<f32>, body: &Mask, spacing_mm: [f64; 3]) -> Self {
+        let full = model_grid(ct_hu.geometry(), spacing_mm);
+        let body_full = mask_to_grid(body, &full);
+        let grid = crop_to(&body_full, CROP_MARGIN_MM);
+        let (suv, ct_hu) = rayon::join(|| to_grid(suv_on_ct, &grid, 0.0), || to_grid(ct_hu, &grid, AIR_HU));
+        let body = crop_mask(&body_full, &grid);
+        Self { full, suv, ct_hu, body }
+    }
+}
+
+/// The sub-grid of `mask`'s grid that holds its foreground plus `margin_mm` (the whole grid when
+/// the mask is empty).
+fn crop_to(mask: &Mask, margin_mm: f64) -> Geometry {
+    let g = mask.geometry();
+    let [nx, ny, _] = g.dims;
+    let (lo, hi) = mask
+        .data()
+        .par_chunks_exact(nx * ny)
+        .enumerate()
+        .map(|(k, slice)| {
+            let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
+            for (j, row) in slice.chunks_exact(nx).enumerate() {
+                if let (Some(a), Some(b)) = (row.iter().position(|&v| v != 0), row.iter().rposition(|&v| v != 0)) {
+                    lo = [lo[0].min(a), lo[1].min(j), lo[2].min(k)];
+                    hi = [hi[0].max(b), hi[1].max(j), hi[2].max(k)];
+                }
+            }
+            (lo, hi)
+        })
+        .reduce(
+            || ([usize::MAX; 3], [0; 3]),
+            |(a, b), (c, d)| (std::array::from_fn(|i| a[i].min(c[i])), std::array::from_fn(|i| b[i].max(d[i]))),
+        );
+    if lo[0] == usize::MAX {
+        return g.clone();
+    }
+    let margin: [usize; 3] = std::array::from_fn(|a| (margin_mm / g.spacing_mm[a]).ceil() as usize);
+    let first: [usize; 3] = std::array::from_fn(|a| lo[a].saturating_sub(margin[a]));
+    let last: [usize; 3] = std::array::from_fn(|a| (hi[a] + margin[a]).min(g.dims[a] - 1));
+    Geometry {
+        dims: std::array::from_fn(|a| last[a] - first[a] + 1),
+        origin_mm: g.index_to_patient(first.map(|i| i as f64)),
+        ..g.clone()
+    }
+}
+
+/// `mask` (on a grid) read on a sub-grid of it.
+fn crop_mask(mask: &Mask, sub: &Geometry) -> Mask {
+    let g = mask.geometry();
+    let first = g.patient_to_index(sub.origin_mm).map(|v| v.round() as usize);
+    let [nx, ny, _] = g.dims;
+    let [sx, sy, _] = sub.dims;
+    let mut data = vec![0u8; sub.voxel_count().unwrap_or(0)];
+    data.par_chunks_mut(sx * sy).enumerate().for_each(|(k, slice)| {
+        for (j, row) in slice.chunks_exact_mut(sx).enumerate() {
+            let start = ((first[2] + k) * ny + first[1] + j) * nx + first[0];
+            row.copy_from_slice(&mask.data()[start..start + sx]);
+        }
+    });
+    // `sub` sized `data`.
+    Volume::new(sub.clone(), data).expect("cropped mask matches its geometry")
+}
+
+/// Runs every configured model on the study: `suv_on_ct` (SUVbw on the CT grid), `ct_hu` and the
+/// `body` mask on the CT grid.
+pub fn run_models(
+    models: &mut Models,
+    suv_on_ct: &Volume<f32>,
+    ct_hu: &Volume<f32>,
+    body: &Mask,
+) -> Result<Inferred, InferError> {
+    let ct = ct_hu.geometry();
+    // One set of channels per distinct model spacing.
+    let mut grids: Vec<([f64; 3], GridChannels)> = Vec::new();
+    let channels_at = |grids: &mut Vec<([f64; 3], GridChannels)>, spacing: [f64; 3]| -> usize {
+        if let Some(i) = grids.iter().position(|(s, _)| *s == spacing) {
+            return i;
+        }
+        grids.push((spacing, GridChannels::new(suv_on_ct, ct_hu, body, spacing)));
+        grids.len() - 1
+    };
+    let mut inferred = Inferred::default();
+    // The prior on its own (cropped) grid, to be resampled onto the segmentation models' grids.
+    let mut prior: Option<Volume<f32>> = None;
+    if let Some(model) = models.anomaly() {
+        let i = channels_at(&mut grids, model.manifest().spacing_mm);
+        let g = &grids[i].1;
+        let channels = Channels { suv: &g.suv, ct_hu: &g.ct_hu, anomaly_prior: None };
+        let map = model.anomaly(&channels, &g.body)?;
+        inferred.anomaly = Some(AnomalyResult {
+            name: model.name().to_string(),
+            version: model.manifest().version.clone(),
+            probability: inside(from_grid(&map.probability, ct), body),
+            on_model_grid: resample_linear(&map.probability, &g.full, &Rigid::IDENTITY, 0.0),
+            score: map.score,
+        });
+        prior = Some(map.probability);
+    }
+    for model in models.segmentation() {
+        let i = channels_at(&mut grids, model.manifest().spacing_mm);
+        let g = &grids[i].1;
+        let prior_here = prior.as_ref().map(|p| {
+            if p.geometry() == g.suv.geometry() {
+                p.clone()
+            } else {
+                resample_linear(p, g.suv.geometry(), &Rigid::IDENTITY, 0.0)
+            }
+        });
+        let channels = Channels { suv: &g.suv, ct_hu: &g.ct_hu, anomaly_prior: prior_here.as_ref() };
+        let p = model.segment(&channels)?;
+        let probability = inside(from_grid(&p, ct), body);
+        let threshold = model.manifest().threshold.unwrap_or(0.5) as f32;
+        let mask = probability.data().par_iter().map(|&v| u8::from(v >= threshold)).collect();
+        inferred.segmentations.push(SegmentationResult {
+            name: model.name().to_string(),
+            version: model.manifest().version.clone(),
+            annotation_source: model.manifest().annotation_source.clone(),
+            // Same grid as the CT.
+            mask: Volume::new(ct.clone(), mask).expect("mask on the CT grid"),
+            probability,
+        });
+    }
+    Ok(inferred)
+}
+
+/// `map` set to 0 outside `body` (same grid).
+fn inside(mut map: Volume<f32>, body: &Mask) -> Volume<f32> {
+    map.data_mut().par_iter_mut().zip(body.data().par_iter()).for_each(|(v, &b)| {
+        if b == 0 {
+            *v = 0.0;
+        }
+    });
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_crop_holds_the_foreground_and_its_margin() {
+        let g = Geometry {
+            dims: [20, 10, 8],
+            spacing_mm: [4.0, 4.0, 4.0],
+            origin_mm: [-40.0, 0.0, 100.0],
+            direction: [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]],
+            frame_of_reference_uid: None,
+        };
+        let mut data = vec![0u8; 20 * 10 * 8];
+        data[(3 * 10 + 4) * 20 + 9] = 1;
+        data[(5 * 10 + 6) * 20 + 12] = 1;
+        let mask = Volume::new(g.clone(), data).unwrap();
+        let sub = crop_to(&mask, 8.0);
+        // x 9..12 ± 2, y 4..6 ± 2, z 3..5 ± 2 (clamped at 7).
+        assert_eq!(sub.dims, [8, 7, 5]);
+        assert_eq!(sub.origin_mm, g.index_to_patient([7.0, 2.0, 1.0]));
+        let cropped = crop_mask(&mask, &sub);
+        assert_eq!(cropped.data().iter().filter(|&&v| v != 0).count(), 2);
+        assert_eq!(cropped.data()[(2 * 7 + 2) * 8 + 2], 1);
+        let empty = Volume::new(g.clone(), vec![0u8; 1600]).unwrap();
+        assert_eq!(crop_to(&empty, 8.0), g);
+    }
+}
