@@ -5,7 +5,8 @@
 //! measures them and `encode` writes the results as SEG, SR and a MIP; `pipeline` runs those
 //! stages. `worker` claims jobs from the `queue` and runs `pipeline`; `delivery` sends the
 //! results with the `dimse` SCU. `phantom` writes synthetic PET/CT studies for tests, demos and
-//! training; `demo` runs the whole job on one machine.
+//! training; `demo` runs the whole job on one machine; `evaluate` scores predicted lesion masks
+//! against reference masks (Dice, false-positive and false-negative volume, per patient).
 
 pub mod assemble;
 pub mod calibrate;
@@ -16,6 +17,7 @@ pub mod delivery;
 pub mod demo;
 pub mod dimse;
 pub mod encode;
+pub mod evaluate;
 pub mod geometry;
 pub mod ids;
 pub mod ingest;
