@@ -518,7 +518,7 @@ mod tests {
             write(&p, &geometry(), &data, "").expect("write");
             assert_eq!(read(&p).expect("read").data, wrap(data));
         }
-        let n = 3 * 4 * 40;
+        let n: usize = 3 * 4 * 40;
         check((0..n).map(|i| (i as i64 - 200) as i8).collect(), NiftiData::I8);
         check((0..n).map(|i| (i as i16).wrapping_mul(-97)).collect(), NiftiData::I16);
         check((0..n).map(|i| i as u16 * 131).collect(), NiftiData::U16);

@@ -685,7 +685,7 @@ pub(crate) mod tests {
         let comps = Components::new(&a, dims, Connectivity::Edges18);
         let expected: Vec<usize> =
             comps.voxel_lists().iter().map(|l| l.iter().filter(|&&i| b[i] != 0).count()).collect();
-        assert!(expected.iter().any(|&c| c == 0) && expected.iter().any(|&c| c > 1), "{expected:?}");
+        assert!(expected.contains(&0) && expected.iter().any(|&c| c > 1), "{expected:?}");
         assert_eq!(comps.overlap_counts(&b), expected);
         let both = a.iter().zip(&b).filter(|(x, y)| **x != 0 && **y != 0).count();
         assert_eq!(comps.overlap_counts(&b).iter().sum::<usize>(), both);
