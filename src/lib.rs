@@ -5,8 +5,7 @@
 //! measures them and `encode` writes the results as SEG, SR and a MIP; `pipeline` runs those
 //! stages. `worker` claims jobs from the `queue` and runs `pipeline`; `delivery` sends the
 //! results with the `dimse` SCU. `phantom` writes synthetic PET/CT studies for tests, demos and
-//! training; `demo` runs the whole job on one machine; `evaluate` scores predicted lesion masks
-//! against reference masks (Dice, false-positive and false-negative volume, per patient).
+//! training; `demo` runs the whole job on one machine.
 
 pub mod assemble;
 pub mod calibrate;
