@@ -87,7 +87,7 @@ fn required<const N: usize>(
         .ok_or_else(|| AssembleError::MissingAttribute { path: path.to_path_buf(), attribute })
 }
 
-pub(crate) fn text(obj: &DefaultDicomObject, tag: Tag) -> Option<String> {
+pub(crate) fn text(obj: &dicom_object::InMemDicomObject, tag: Tag) -> Option<String> {
     let v = obj.get(tag)?.to_str().ok()?;
     let v = v.trim_matches([' ', '\0']);
     (!v.is_empty()).then(|| v.to_string())

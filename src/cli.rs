@@ -69,6 +69,10 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Predicted lesion masks against reference masks, patient by patient: Dice, false-positive
+    /// and false-negative volume, lesion-wise sensitivity and precision (Mean ± SD), for every
+    /// predicted source against every reference source.
+    Evaluate(crate::evaluate::EvaluateArgs),
     /// Every series under a folder (files or the node's store): geometry, completeness, pairing.
     Inspect {
         /// Folder to scan recursively.
@@ -249,6 +253,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Evaluate(args) => match crate::evaluate::run(&args) {
+            Ok(text) => {
+                print!("{text}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) if e.is_input() => {
+                eprintln!("error: {e}");
+                Ok(ExitCode::from(2))
+            }
+            Err(e) => Err(e.into()),
+        },
         Command::Demo(args) => {
             crate::demo::run(&args)?;
             Ok(ExitCode::SUCCESS)

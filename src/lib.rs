@@ -17,6 +17,7 @@ pub mod delivery;
 pub mod demo;
 pub mod dimse;
 pub mod encode;
+pub mod evaluate;
 pub mod geometry;
 pub mod ids;
 pub mod infer;

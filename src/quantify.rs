@@ -288,6 +288,35 @@ impl Components {
         sizes
     }
 
+    /// How many voxels of each component are non-zero in `other` (same grid): the overlap of
+    /// each component with another mask, from the runs alone (slices in parallel).
+    pub(crate) fn overlap_counts(&self, other: &[u8]) -> Vec<usize> {
+        let [nx, ny, nz] = self.dims;
+        (0..nz)
+            .into_par_iter()
+            .fold(
+                || vec![0usize; self.count],
+                |mut counts, k| {
+                    for r in k * ny..(k + 1) * ny {
+                        let row = &other[r * nx..(r + 1) * nx];
+                        let (s, e) = (self.row_start[r], self.row_start[r + 1]);
+                        for (run, &c) in self.runs[s..e].iter().zip(&self.component[s..e]) {
+                            counts[c as usize] +=
+                                row[run.x0 as usize..run.x1 as usize].iter().filter(|&&v| v != 0).count();
+                        }
+                    }
+                    counts
+                },
+            )
+            .reduce(
+                || vec![0usize; self.count],
+                |mut a, b| {
+                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                    a
+                },
+            )
+    }
+
     /// Linear voxel indices of each component, in scan order.
     pub(crate) fn voxel_lists(&self) -> Vec<Vec<usize>> {
         let mut lists: Vec<Vec<usize>> = self.sizes().into_iter().map(Vec::with_capacity).collect();
@@ -678,6 +707,21 @@ pub(crate) mod tests {
                 assert_eq!(lists.iter().map(Vec::len).sum::<usize>(), data.iter().filter(|&&v| v != 0).count());
             }
         }
+    }
+
+    #[test]
+    fn overlap_counts_match_the_voxel_lists() {
+        let dims = [19, 13, 7];
+        let n = dims.iter().product::<usize>();
+        let a: Vec<u8> = (0..n).map(|i| u8::from((i * 7919) % 23 < 3)).collect();
+        let b: Vec<u8> = (0..n).map(|i| u8::from((i * 104_729) % 13 < 5) * 3).collect();
+        let comps = Components::new(&a, dims, Connectivity::Edges18);
+        let expected: Vec<usize> =
+            comps.voxel_lists().iter().map(|l| l.iter().filter(|&&i| b[i] != 0).count()).collect();
+        assert!(expected.contains(&0) && expected.iter().any(|&c| c > 1), "{expected:?}");
+        assert_eq!(comps.overlap_counts(&b), expected);
+        let both = a.iter().zip(&b).filter(|(x, y)| **x != 0 && **y != 0).count();
+        assert_eq!(comps.overlap_counts(&b).iter().sum::<usize>(), both);
     }
 
     #[test]
