@@ -6,7 +6,7 @@
 //! SEG, SR and a MIP; `pipeline` runs those stages. `worker` claims jobs from the `queue` and
 //! runs `pipeline`; `delivery` sends the results with the `dimse` SCU. `phantom` writes
 //! synthetic PET/CT studies for tests, demos and training; `demo` runs the whole job on one
-//! machine.
+//! machine; `evaluate` scores segmentations against reference masks.
 
 pub mod assemble;
 pub mod calibrate;

@@ -121,7 +121,7 @@ fn seg_sr_and_mip_are_valid_and_read_back_exactly() {
     assert_eq!(report["frames_in_slice_order"], true, "{report}");
     assert_eq!(report["sr_lesion_groups"], f.findings.lesion_count, "{report}");
     assert_eq!(report["measurement_mismatches"], serde_json::json!([]), "{report}");
-    assert_eq!(report["measurements_compared"], f.findings.lesion_count * 5 + 4, "{report}");
+    assert_eq!(report["measurements_compared"], f.findings.lesion_count * 6 + 4, "{report}"); // 5 numbers and "detected by" per lesion, the totals
     check_mip(&dir, &e, &f);
 
     // A re-run gives the same objects, byte for byte; a new algorithm version new UIDs.

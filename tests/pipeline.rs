@@ -135,7 +135,7 @@ fn run_writes_seg_sr_and_mip_that_read_back_as_findings_json() {
     assert_eq!(report["measurement_mismatches"], serde_json::json!([]), "{report}");
     assert_eq!(report["sr_lesion_groups"], findings["lesion_count"], "{report}");
     let compared = report["measurements_compared"].as_u64().unwrap();
-    assert_eq!(compared, 5 * findings["lesion_count"].as_u64().unwrap() + 3, "{report}");
+    assert_eq!(compared, 6 * findings["lesion_count"].as_u64().unwrap() + 3, "{report}");
 }
 
 #[test]

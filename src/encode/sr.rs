@@ -55,6 +55,8 @@ pub const NUMBER_OF_LESIONS: Code = Code::new("246206008", "SCT", "Number of les
 /// No standard concept exists for a study-level anomaly score: a private coding scheme,
 /// declared in the Coding Scheme Identification Sequence.
 pub const ANOMALY_SCORE: Code = Code::new("ANOMALY-SCORE", PRIVATE_SCHEME, "Study anomaly score");
+/// A lesion's qualitative evaluation: the methods (models, classical) whose masks found it.
+pub const DETECTED_BY: Code = Code::new("DETECTED-BY", PRIVATE_SCHEME, "Detected by");
 const PRIVATE_SCHEME: &str = "99PETCT";
 const SUV_BW_UNIT: Code = Code::new("{SUVbw}g/ml", "UCUM", "Standardized Uptake Value body weight");
 const ML: Code = Code::new("ml", "UCUM", "milliliter");
@@ -155,7 +157,7 @@ fn num(name: Code, value: Number, unit: Code, derivation: Option<Code>) -> Resul
 fn lesion_group(lesion: &Lesion, cx: &Context, seg: &SopRef) -> Result<InMemDicomObject, EncodeError> {
     let segment = lesion.segments.first().copied();
     let suv = |v, d| num(SUV_BW, Number::Real(v), SUV_BW_UNIT, Some(d));
-    let children = vec![
+    let mut children = vec![
         text("CONTAINS", TRACKING_IDENTIFIER, &format!("Lesion {}", lesion.label)),
         uidref("CONTAINS", TRACKING_UID, &cx.uids.tracking_uid(lesion.label)),
         code("CONTAINS", FINDING, LESION),
@@ -167,6 +169,9 @@ fn lesion_group(lesion: &Lesion, cx: &Context, seg: &SopRef) -> Result<InMemDico
         num(VOLUME, Number::Real(lesion.volume_ml), ML, None)?,
         num(TOTAL_LESION_GLYCOLYSIS, Number::Real(lesion.tlg), GRAM, None)?,
     ];
+    if !lesion.detected_by.is_empty() {
+        children.push(text("CONTAINS", DETECTED_BY, &lesion.detected_by.join(", ")));
+    }
     Ok(container(MEASUREMENT_GROUP, Some("1411"), children))
 }
 
@@ -217,7 +222,7 @@ pub(crate) fn build(input: &EncodeInput, cx: &Context) -> Result<Vec<u8>, Encode
         series.iter().map(|(uid, refs)| super::series_item(uid, refs, tags::REFERENCED_SOP_SEQUENCE)).collect(),
     );
     put_seq(&mut o, tags::CURRENT_REQUESTED_PROCEDURE_EVIDENCE_SEQUENCE, vec![study]);
-    if input.findings.anomaly_score.is_some() {
+    if input.findings.anomaly_score.is_some() || input.findings.lesions.iter().any(|l| !l.detected_by.is_empty()) {
         let mut scheme = InMemDicomObject::new_empty();
         put(&mut scheme, tags::CODING_SCHEME_DESIGNATOR, VR::SH, PRIVATE_SCHEME);
         put(&mut scheme, tags::CODING_SCHEME_NAME, VR::ST, "petct-node private concepts");

@@ -212,8 +212,8 @@ mod tests {
         data[(5 * 10 + 6) * 20 + 12] = 1;
         let mask = Volume::new(g.clone(), data).unwrap();
         let sub = crop_to(&mask, 8.0);
-        // x 9..12 ± 2, y 4..6 ± 2, z 3..5 ± 2 (clamped at 7).
-        assert_eq!(sub.dims, [8, 7, 5]);
+        // x 9..12 ± 2, y 4..6 ± 2, z 3..5 ± 2 (7 is the last slice).
+        assert_eq!(sub.dims, [8, 7, 7]);
         assert_eq!(sub.origin_mm, g.index_to_patient([7.0, 2.0, 1.0]));
         let cropped = crop_mask(&mask, &sub);
         assert_eq!(cropped.data().iter().filter(|&&v| v != 0).count(), 2);

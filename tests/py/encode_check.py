@@ -96,6 +96,8 @@ for lesion in findings["lesions"]:
     sop = ref[0].ReferencedSOPSequence[0] if len(ref) == 1 else None
     if sop is None or sop.ReferencedSOPInstanceUID != seg_uid or int(sop.ReferencedSegmentNumber) != lesion["segments"][0]:
         mismatches.append({"what": f"lesion {lesion['label']}: referenced segment"})
+    found_by = [i.TextValue for i in g[0].ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "DETECTED-BY"]
+    compare(f"lesion {lesion['label']} detected by", found_by, [", ".join(lesion["detected_by"])])
     suv = pydicom.sr.coding.Code("126401", "DCM", "SUVbw")
     for key, m in [
         ("suv_max", measurement(g, suv, codes.SCT.Maximum)),

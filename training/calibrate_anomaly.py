@@ -1,0 +1,67 @@
+"""Calibrates the anomaly detector's residual on lesion-free studies that it was not trained on:
+z = (x - mean) * exp(-logvar / 2) inside the body, with the hidden (above-threshold) voxels
+reconstructed from their surroundings. z_low is the `--low` quantile of the body voxels' z in
+these normal studies, z_high the `--high` quantile; p = clamp((z - z_low) / (z_high - z_low)).
+Prints the calibration as JSON (export_model.py --calibration reads it) and, with --check DIR,
+the study scores of other studies for a look at the separation.
+
+    calibrate_anomaly.py --onnx models/anomaly-ae.onnx --data var/training/normal --cases 2032-2039
+"""
+import argparse
+import json
+
+import numpy as np
+import onnxruntime as ort
+
+import data
+import window
+
+MASK_THRESHOLD_SUV = 2.5
+
+
+def z_map(session, case, threshold=MASK_THRESHOLD_SUV):
+    mask = case.suv > threshold
+    x = np.stack([data.normalise("suv_masked", np.where(mask, 0.0, case.suv)), mask.astype(np.float32),
+                  data.normalise("ct_hu", case.ct)])
+    out = window.infer(session, x, pad_values=np.array([0.0, 0.0, -1.0], dtype=np.float32))
+    return (data.normalise("suv", case.suv) - out[0]) * np.exp(-out[1] / 2)
+
+
+def score(z, body, z_low, z_high, volume_ml, voxel_ml):
+    p = np.clip((z[body != 0] - z_low) / (z_high - z_low), 0, 1)
+    k = max(1, int(round(volume_ml / voxel_ml)))
+    return float(np.sort(p)[-k:].mean())
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--data", required=True, help="normal studies (make_data.py --normal)")
+    p.add_argument("--cases", required=True, help="seeds to calibrate on, e.g. 2032-2039")
+    p.add_argument("--low", type=float, default=0.999)
+    p.add_argument("--high", type=float, default=0.99999)
+    p.add_argument("--score-volume-ml", type=float, default=1.0)
+    p.add_argument("--check", nargs="*", default=[], help="case roots to print scores for")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(args.onnx, opts, providers=["CPUExecutionProvider"])
+    wanted = data.seed_set(args.cases)
+    cases = data.load(args.data, seeds=args.cases)
+    zs = [z_map(session, c) for c in cases]
+    body_z = np.concatenate([z[c.body != 0] for z, c in zip(zs, cases)])
+    z_low, z_high = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
+    voxel_ml = 4.0**3 / 1000
+    cal = {"z_low": z_low, "z_high": z_high, "score_volume_ml": args.score_volume_ml,
+           "calibration_seeds": sorted(wanted), "voxels": int(body_z.size),
+           "normal_scores": [score(z, c.body, z_low, z_high, args.score_volume_ml, voxel_ml) for z, c in zip(zs, cases)]}
+    for root in args.check:
+        cal.setdefault("check", {})[root] = {
+            c.meta["seed"]: score(z_map(session, c), c.body, z_low, z_high, args.score_volume_ml, voxel_ml)
+            for c in data.load(root)}
+    print(json.dumps(cal, indent=1))
+
+
+if __name__ == "__main__":
+    main()

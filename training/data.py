@@ -1,0 +1,69 @@
+"""Cases written by make_data.py, loaded into memory, and the channel normalisation of the
+manifests (docs/models.md): value = (clamp(x, lo, hi) - offset) / scale."""
+import glob
+import json
+import os
+
+import numpy as np
+import SimpleITK as sitk
+
+# The manifests' [[inputs]] (source, clip, offset, scale); the node applies the same.
+CHANNELS = {
+    "suv": ((0.0, 20.0), 0.0, 10.0),
+    "ct_hu": ((-1000.0, 1000.0), 0.0, 1000.0),
+    "anomaly_prior": ((0.0, 1.0), 0.0, 1.0),
+    "suv_masked": ((0.0, 20.0), 0.0, 10.0),
+    "suv_mask": ((0.0, 1.0), 0.0, 1.0),
+}
+
+
+def normalise(source, x):
+    (lo, hi), offset, scale = CHANNELS[source]
+    return ((np.clip(x, lo, hi) - offset) / scale).astype(np.float32)
+
+
+def read(path):
+    return sitk.GetArrayFromImage(sitk.ReadImage(path))  # (z, y, x)
+
+
+class Case:
+    def __init__(self, folder, with_prior=False):
+        self.folder = folder
+        self.meta = json.load(open(os.path.join(folder, "done.json")))
+        grid = os.path.join(folder, "model_grid")
+        self.suv = read(os.path.join(grid, "suv.nii.gz")).astype(np.float32)
+        self.ct = read(os.path.join(grid, "ct_hu.nii.gz")).astype(np.float32)
+        self.body = read(os.path.join(grid, "body.nii.gz")).astype(np.uint8)
+        self.prior = read(os.path.join(grid, "anomaly_prior.nii.gz")).astype(np.float32) if with_prior else None
+        self.labels = {}
+        for f in glob.glob(os.path.join(folder, "labels", "*.nii.gz")):
+            self.labels[os.path.basename(f)[: -len(".nii.gz")]] = read(f).astype(np.uint8)
+        self.body_voxels = np.argwhere(self.body != 0)
+
+
+def seed_set(spec):
+    """`1000-1079,1100` as a set of seeds."""
+    out = set()
+    for part in spec.split(","):
+        a, _, b = part.partition("-")
+        out.update(range(int(a), int(b or a) + 1))
+    return out
+
+
+def load(root, with_prior=False, seeds=None):
+    """The complete cases under `root`, only those of `seeds` (a spec such as 1000-1079) if given."""
+    wanted = seed_set(seeds) if seeds else None
+    folders = sorted(f for f in glob.glob(os.path.join(root, "case*")) if os.path.exists(os.path.join(f, "done.json")))
+    if wanted is not None:
+        folders = [f for f in folders if int(os.path.basename(f)[4:]) in wanted]
+    return [Case(f, with_prior) for f in folders]
+
+
+def crop(a, centre, size, fill):
+    """The `size` box around `centre` (z, y, x) of `a`, `fill` beyond its edges."""
+    out = np.full(size, fill, dtype=a.dtype)
+    lo = [c - s // 2 for c, s in zip(centre, size)]
+    src = tuple(slice(max(l, 0), min(l + s, n)) for l, s, n in zip(lo, size, a.shape))
+    dst = tuple(slice(sl.start - l, sl.stop - l) for sl, l in zip(src, lo))
+    out[dst] = a[src]
+    return out

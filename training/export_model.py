@@ -1,0 +1,133 @@
+"""Exports a trained checkpoint to ONNX (dynamic batch and spatial axes), checks that
+onnxruntime reproduces torch on random and real patches, and writes the manifest
+(docs/models.md) with the file's sha256.
+
+    export_model.py --checkpoint var/training/anomaly.pt --task anomaly --name anomaly-ae \
+        --out models/ [--calibration calibration.json] [--annotation-source ...]
+"""
+import argparse
+import hashlib
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+import data
+import nets
+
+SPACING_MM = 4.0
+PATCH = 64
+SIZE_MULTIPLE = 8  # 2 ** (levels - 1)
+
+
+def build(checkpoint):
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    if ck["task"] == "anomaly":
+        net = nets.DualBranchAE(base=ck["base"])
+    else:
+        net = nets.UNet(len(ck["channels"]), 1, base=ck["base"])
+    net.load_state_dict(ck["state_dict"])
+    net.eval()
+    return net, ck
+
+
+def toml_value(v):
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def manifest(ck, name, version, onnx_file, sha, description, extra):
+    lines = [
+        f"# Written by training/export_model.py; {description}",
+        f"name = {toml_value(name)}",
+        f"version = {toml_value(version)}",
+        f"task = {toml_value(ck['task'])}",
+        f"file = {toml_value(os.path.basename(onnx_file))}",
+        f"sha256 = {toml_value(sha)}",
+        'input_name = "input"',
+        'output_name = "output"',
+        f"spacing_mm = {toml_value([SPACING_MM] * 3)}",
+        f"patch_size = {toml_value([PATCH] * 3)}",
+        f"size_multiple = {SIZE_MULTIPLE}",
+        "overlap = 0.5",
+        "batch_size = 2",
+    ]
+    if ck["task"] == "segmentation":
+        lines += [f"threshold = {toml_value(extra.get('threshold', 0.5))}",
+                  f"annotation_source = {toml_value(extra['annotation_source'])}"]
+    lines.append(f"description = {toml_value(description)}")
+    for source in ck["channels"]:
+        (lo, hi), offset, scale = data.CHANNELS[source]
+        lines += ["", "[[inputs]]", f"source = {toml_value(source)}", f"clip = {toml_value([lo, hi])}",
+                  f"offset = {toml_value(offset)}", f"scale = {toml_value(scale)}"]
+    if ck["task"] == "anomaly":
+        cal = extra["calibration"]
+        lines += ["", "[anomaly]", f"mask_threshold_suv = {toml_value(ck['mask_threshold_suv'])}",
+                  f"z_low = {toml_value(cal['z_low'])}", f"z_high = {toml_value(cal['z_high'])}",
+                  f"score_volume_ml = {toml_value(cal['score_volume_ml'])}"]
+    return "\n".join(lines) + "\n"
+
+
+def export(net, ck, path):
+    x = torch.zeros(1, len(ck["channels"]), PATCH, PATCH, PATCH)
+    axes = {0: "batch", 2: "depth", 3: "height", 4: "width"}
+    torch.onnx.export(net, (x,), path, input_names=["input"], output_names=["output"],
+                      dynamic_axes={"input": axes, "output": axes}, opset_version=17, dynamo=False)
+
+
+def parity(net, ck, path, rng):
+    """Largest |onnxruntime - torch| over random inputs of several sizes."""
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for shape in [(2, PATCH, PATCH, PATCH), (1, 40, 72, 56), (1, 16, 8, 24)]:
+        x = rng.uniform(-1, 1.5, size=(shape[0], len(ck["channels"])) + shape[1:]).astype(np.float32)
+        if ck["task"] == "anomaly":
+            x[:, 1] = (x[:, 1] > 0.8).astype(np.float32)
+        with torch.no_grad():
+            want = net(torch.from_numpy(x)).numpy()
+        got = sess.run(["output"], {"input": x})[0]
+        worst = max(worst, float(np.abs(got - want).max()))
+    return worst
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--out", required=True, help="folder for NAME.onnx and NAME.model.toml")
+    p.add_argument("--calibration", help="anomaly: JSON with z_low, z_high, score_volume_ml (without it: ONNX only)")
+    p.add_argument("--annotation-source", help="segmentation: the labels it was trained on")
+    p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--description", default="")
+    args = p.parse_args()
+    net, ck = build(args.checkpoint)
+    os.makedirs(args.out, exist_ok=True)
+    onnx_path = os.path.join(args.out, f"{args.name}.onnx")
+    export(net, ck, onnx_path)
+    worst = parity(net, ck, onnx_path, np.random.default_rng(0))
+    if worst > 1e-4:
+        raise SystemExit(f"onnxruntime differs from torch by {worst:.2e} (> 1e-4)")
+    sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
+    extra = {"annotation_source": args.annotation_source, "threshold": args.threshold}
+    if ck["task"] == "anomaly" and args.calibration:
+        extra["calibration"] = json.load(open(args.calibration))
+    if ck["task"] == "segmentation" or args.calibration:
+        text = manifest(ck, args.name, args.version, onnx_path, sha, args.description, extra)
+        with open(os.path.join(args.out, f"{args.name}.model.toml"), "w") as f:
+            f.write(text)
+    # Without a calibration an anomaly model gets its ONNX file only (calibrate_anomaly.py
+    # needs it); the export is deterministic, so the second pass writes the same file.
+    print(json.dumps({"onnx": onnx_path, "sha256": sha, "bytes": os.path.getsize(onnx_path),
+                      "max_abs_diff_onnxruntime_vs_torch": worst}))
+
+
+if __name__ == "__main__":
+    main()

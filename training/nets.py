@@ -1,0 +1,88 @@
+"""The networks: a small 3D U-Net for segmentation and the dual-branch anomaly autoencoder.
+Both are fully convolutional (any input size that is a multiple of 2**levels) and export to
+ONNX with dynamic spatial axes."""
+import torch
+from torch import nn
+
+
+def block(cin, cout):
+    return nn.Sequential(
+        nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+        nn.InstanceNorm3d(cout, affine=True),
+        nn.LeakyReLU(0.01, inplace=True),
+        nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+        nn.InstanceNorm3d(cout, affine=True),
+        nn.LeakyReLU(0.01, inplace=True),
+    )
+
+
+class Encoder(nn.Module):
+    def __init__(self, cin, widths):
+        super().__init__()
+        self.blocks = nn.ModuleList()
+        self.down = nn.ModuleList()
+        for i, w in enumerate(widths):
+            self.blocks.append(block(cin if i == 0 else widths[i - 1], w))
+            if i < len(widths) - 1:
+                self.down.append(nn.Conv3d(w, w, 2, stride=2))
+
+    def forward(self, x):
+        skips = []
+        for i, b in enumerate(self.blocks):
+            x = b(x)
+            skips.append(x)
+            if i < len(self.down):
+                x = self.down[i](x)
+        return skips
+
+
+class Decoder(nn.Module):
+    def __init__(self, widths, cout):
+        super().__init__()
+        self.up = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        for i in range(len(widths) - 1, 0, -1):
+            self.up.append(nn.ConvTranspose3d(widths[i], widths[i - 1], 2, stride=2))
+            self.blocks.append(block(2 * widths[i - 1], widths[i - 1]))
+        self.head = nn.Conv3d(widths[0], cout, 1)
+
+    def forward(self, skips):
+        x = skips[-1]
+        for up, b, skip in zip(self.up, self.blocks, reversed(skips[:-1])):
+            x = b(torch.cat([up(x), skip], dim=1))
+        return self.head(x)
+
+
+class UNet(nn.Module):
+    """Early fusion: every input channel enters the first block."""
+
+    def __init__(self, cin, cout=1, base=8, levels=4):
+        super().__init__()
+        widths = [base * 2**i for i in range(levels)]
+        self.encoder = Encoder(cin, widths)
+        self.decoder = Decoder(widths, cout)
+
+    def forward(self, x):
+        return self.decoder(self.encoder(x))
+
+
+class DualBranchAE(nn.Module):
+    """PET branch (masked SUV and its mask) and CT branch, fused at every scale into one
+    decoder that predicts the mean and log-variance of the (normalised) SUV."""
+
+    def __init__(self, base=8, levels=4):
+        super().__init__()
+        widths = [base * 2**i for i in range(levels)]
+        self.pet = Encoder(2, widths)
+        self.ct = Encoder(1, widths)
+        # 1x1x1 fusion of the branches at every scale keeps the decoder at single width.
+        self.fuse = nn.ModuleList(nn.Conv3d(2 * w, w, 1) for w in widths)
+        self.decoder = Decoder(widths, 2)
+
+    def forward(self, x):
+        # x: [N, 3, D, H, W] = suv_masked, suv_mask, ct_hu (normalised, the manifest's order).
+        pet = self.pet(x[:, 0:2])
+        ct = self.ct(x[:, 2:3])
+        out = self.decoder([f(torch.cat([p, c], dim=1)) for f, p, c in zip(self.fuse, pet, ct)])
+        mean, logvar = out[:, 0:1], out[:, 1:2].clamp(-12.0, 6.0)
+        return torch.cat([mean, logvar], dim=1)

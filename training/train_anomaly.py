@@ -1,0 +1,112 @@
+"""Trains the dual-branch anomaly autoencoder on lesion-free studies (make_data.py --normal).
+
+Voxels above the manifest's mask_threshold_suv are hidden from the PET branch, as the node
+hides them at inference, and so are random spheres in the body, so that the network learns to
+fill in any tissue (liver, lung, bone, nodes) from its surroundings and the CT. The decoder
+predicts the mean and log-variance of the normalised SUV; the loss is L1 on the mean plus the
+Gaussian negative log-likelihood of the log-variance, weighted towards the hidden voxels.
+
+    train_anomaly.py --data var/training/normal --out var/training/anomaly.pt [--steps 1500]
+"""
+import argparse
+import math
+import os
+import time
+
+import numpy as np
+import torch
+
+import data
+import nets
+
+MASK_THRESHOLD_SUV = 2.5
+
+
+def masked_inputs(suv, ct, rng, spheres):
+    """suv_masked, suv_mask, ct (normalised) for one patch; random spheres hidden too."""
+    mask = suv > MASK_THRESHOLD_SUV
+    if spheres:
+        zz, yy, xx = np.meshgrid(*[np.arange(n) for n in suv.shape], indexing="ij")
+        for _ in range(rng.integers(1, 6)):
+            c = [rng.integers(8, n - 8) for n in suv.shape]
+            r = rng.uniform(1.0, 5.0)  # voxels of 4 mm: 4-20 mm
+            mask |= (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r
+    x = np.stack([
+        data.normalise("suv_masked", np.where(mask, 0.0, suv)),
+        mask.astype(np.float32),
+        data.normalise("ct_hu", ct),
+    ])
+    return x, mask
+
+
+def batch(cases, rng, size, n):
+    xs, ys, ws = [], [], []
+    for _ in range(n):
+        case = cases[rng.integers(len(cases))]
+        centre = case.body_voxels[rng.integers(len(case.body_voxels))]
+        suv = data.crop(case.suv, centre, size, 0.0)
+        ct = data.crop(case.ct, centre, size, -1000.0)
+        body = data.crop(case.body, centre, size, 0)
+        x, mask = masked_inputs(suv, ct, rng, spheres=True)
+        xs.append(x)
+        ys.append(data.normalise("suv", suv)[None])
+        # Hidden voxels are what the detector is for; the body matters more than the air.
+        ws.append(np.where(mask, 1.0, np.where(body != 0, 0.1, 0.01)).astype(np.float32)[None])
+    return [torch.from_numpy(np.stack(a)) for a in (xs, ys, ws)]
+
+
+def loss_fn(out, y, w):
+    """L1 for the mean, and the Gaussian negative log-likelihood for the log-variance around the
+    mean with its gradient stopped: with the plain likelihood a large variance starves the mean of
+    gradient and training settles on "everything is uncertain" (Seitzer et al., ICLR 2022)."""
+    mean, logvar = out[:, 0:1], out[:, 1:2]
+    l1 = (w * (y - mean).abs()).sum() / w.sum()
+    nll = (w * 0.5 * (logvar + (y - mean.detach()) ** 2 * torch.exp(-logvar))).sum() / w.sum()
+    return l1 + nll
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True)
+    p.add_argument("--seeds", help="train on these seeds only, e.g. 2000-2031")
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--base", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    cases = data.load(args.data, seeds=args.seeds)
+    print(f"{len(cases)} normal studies", flush=True)
+    net = nets.DualBranchAE(base=args.base)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    size = (args.patch,) * 3
+    t0, step, running = time.time(), 0, None
+    while step < args.steps:
+        frac = step / args.steps  # cosine decay
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        x, y, w = batch(cases, rng, size, args.batch)
+        loss = loss_fn(net(x), y, w)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if step % 50 == 0:
+            print(f"step {step} loss {running:.4f} {time.time() - t0:.0f} s", flush=True)
+        if step % 250 == 0 or step == args.steps:
+            # Also along the way, to look at a partly trained model.
+            torch.save({"task": "anomaly", "channels": ["suv_masked", "suv_mask", "ct_hu"],
+                        "state_dict": net.state_dict(), "base": args.base, "steps": step, "args": vars(args),
+                        "mask_threshold_suv": MASK_THRESHOLD_SUV}, args.out)
+    print(f"saved {args.out} after {step} steps, {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""Sliding-window inference with Gaussian blending in the manner of MONAI's
+`sliding_window_inference(mode="gaussian", sigma_scale=0.125, overlap=0.5)` and nnU-Net, on
+onnxruntime: used to calibrate the anomaly detector and as the Python peer in the benchmark.
+Input [C, D, H, W] normalised channels; output [K, D, H, W]."""
+import math
+
+import numpy as np
+
+
+def gaussian(patch, sigma_scale=0.125):
+    axes = []
+    for n in patch:
+        c, s = (n - 1) / 2.0, n * sigma_scale
+        axes.append(np.exp(-0.5 * ((np.arange(n) - c) / s) ** 2))
+    g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    g = (g / g.max()).astype(np.float32)
+    g[g == 0] = g[g > 0].min()
+    return g
+
+
+def starts(n, patch, step):
+    if n <= patch:
+        return [0]
+    count = math.ceil((n - patch) / step) + 1
+    actual = (n - patch) / (count - 1)
+    return [int(round(actual * i)) for i in range(count)]
+
+
+def infer(session, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=None, multiple=8):
+    c, *shape = x.shape
+    padded = [max(p, math.ceil(n / multiple) * multiple) for n, p in zip(shape, patch)]
+    if pad_values is None:
+        pad_values = np.zeros(c, dtype=np.float32)
+    xp = np.empty((c, *padded), dtype=np.float32)
+    for ch in range(c):
+        xp[ch].fill(pad_values[ch])
+    xp[:, : shape[0], : shape[1], : shape[2]] = x
+    w = gaussian(patch)
+    step = [max(1, int(p * (1 - overlap))) for p in patch]
+    corners = [(z, y, xx) for z in starts(padded[0], patch[0], step[0])
+               for y in starts(padded[1], patch[1], step[1]) for xx in starts(padded[2], patch[2], step[2])]
+    acc, norm = None, np.zeros(padded, dtype=np.float32)
+    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    for i in range(0, len(corners), batch_size):
+        group = corners[i: i + batch_size]
+        b = np.stack([xp[:, z: z + patch[0], y: y + patch[1], xx: xx + patch[2]] for z, y, xx in group])
+        out = session.run([name_out], {name_in: b})[0]
+        if acc is None:
+            acc = np.zeros((out.shape[1], *padded), dtype=np.float32)
+        for o, (z, y, xx) in zip(out, group):
+            acc[:, z: z + patch[0], y: y + patch[1], xx: xx + patch[2]] += o * w
+            norm[z: z + patch[0], y: y + patch[1], xx: xx + patch[2]] += w
+    return (acc / norm)[:, : shape[0], : shape[1], : shape[2]]
