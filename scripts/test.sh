@@ -35,23 +35,9 @@ if ! python3 -c 'import pydicom, numpy, SimpleITK, highdicom, onnx' 2>/dev/null;
   python3 -m pip install -q --disable-pip-version-check pydicom numpy SimpleITK highdicom onnx
 fi
 
-# --- ONNX Runtime, the library the node loads for learned models (tests/infer.rs) -------------
-# Only the shared library of the PyPI wheel is used (no Python at run time); .tools is gitignored.
-ort_lib=.tools/onnxruntime/libonnxruntime.so.1.31.1
-if [ ! -f "$ort_lib" ]; then
-  log "fetching ONNX Runtime 1.31.1"
-  python3 -m pip download -q --disable-pip-version-check onnxruntime==1.31.1 --no-deps --only-binary=:all: -d .tools/wheels
-  wheel=$(ls .tools/wheels/onnxruntime-1.31.1-*.whl | head -n 1)
-  python3 -c '
-import os, shutil, sys, zipfile
-wheel, target = sys.argv[1], sys.argv[2]
-os.makedirs(os.path.dirname(target), exist_ok=True)
-with zipfile.ZipFile(wheel) as z, z.open("onnxruntime/capi/" + os.path.basename(target)) as src, open(target + ".part", "wb") as dst:
-    shutil.copyfileobj(src, dst)
-os.replace(target + ".part", target)
-' "$wheel" "$ort_lib"
-fi
-export ORT_DYLIB_PATH="$PWD/$ort_lib"
+# --- ONNX Runtime, the library the node loads for learned models (tests/infer.rs, tests/jobs.rs)
+ORT_DYLIB_PATH=$(scripts/onnxruntime.sh)
+export ORT_DYLIB_PATH
 
 # --- OHIF's SUV reference implementation (npm), fetched before the network goes away ---------
 if [ ! -d tests/js/node_modules/@cornerstonejs/calculate-suv ]; then

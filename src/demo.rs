@@ -32,6 +32,14 @@ pub struct DemoArgs {
     pub profile: Profile,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Run the learned models too: every `*.model.toml` in this folder (by name), beside the
+    /// classical baseline. Needs the ONNX Runtime library (`--onnxruntime` or
+    /// `$ORT_DYLIB_PATH`; scripts/onnxruntime.sh fetches it).
+    #[arg(long)]
+    pub models: Option<PathBuf>,
+    /// The ONNX Runtime library (`libonnxruntime.so.1.31.1`) for `--models`.
+    #[arg(long, env = "ORT_DYLIB_PATH")]
+    pub onnxruntime: Option<PathBuf>,
 }
 
 const MARKER: &str = ".petct-node-demo";
@@ -85,10 +93,35 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let findings = runtime.block_on(serve_and_process(&dir, &study_dir))?;
+    let models = models_toml(args)?;
+    let findings = runtime.block_on(serve_and_process(&dir, &study_dir, &models))?;
     print_findings(&findings.0, &findings.1, &dir, started.elapsed());
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
+}
+
+/// The `[inference]` and `[[models]]` tables for `--models` (empty without it).
+fn models_toml(args: &DemoArgs) -> anyhow::Result<String> {
+    let Some(folder) = &args.models else { return Ok(String::new()) };
+    let library = args.onnxruntime.as_ref().context(
+        "--models needs the ONNX Runtime library: --onnxruntime PATH or $ORT_DYLIB_PATH (scripts/onnxruntime.sh fetches it)",
+    )?;
+    let mut manifests: Vec<PathBuf> = std::fs::read_dir(folder)
+        .with_context(|| format!("reading {}", folder.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".model.toml"))
+        .collect();
+    if manifests.is_empty() {
+        bail!("no *.model.toml in {}", folder.display());
+    }
+    manifests.sort();
+    let absolute = |p: &Path| std::path::absolute(p).with_context(|| format!("resolving {}", p.display()));
+    let mut toml = format!("[inference]\nlibrary = {:?}\n[segmentation]\nclassical = \"always\"\n", absolute(library)?);
+    for m in manifests {
+        toml.push_str(&format!("[[models]]\nmanifest = {:?}\n", absolute(&m)?));
+    }
+    Ok(toml)
 }
 
 fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
@@ -106,7 +139,7 @@ fn prepare_dir(dir: &Path) -> anyhow::Result<()> {
 
 /// Starts the inbox and the node, sends the study, waits for the results; returns the job's
 /// findings and the job row.
-async fn serve_and_process(dir: &Path, study_dir: &Path) -> anyhow::Result<(Findings, JobRow)> {
+async fn serve_and_process(dir: &Path, study_dir: &Path, models_toml: &str) -> anyhow::Result<(Findings, JobRow)> {
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
 
@@ -154,7 +187,7 @@ name = "demo-inbox"
 ae_title = "{INBOX_AE}"
 host = "127.0.0.1"
 port = {inbox_port}
-"#,
+{models_toml}"#,
         storage = node_dir.display()
     );
     let config_path = dir.join("node.toml");
@@ -248,27 +281,30 @@ async fn watch_job(db: &Db) -> anyhow::Result<JobRow> {
 fn print_findings(findings: &Findings, job: &JobRow, dir: &Path, elapsed: Duration) {
     step(5, &format!("done in {:.1} s", elapsed.as_secs_f64()));
     println!(
-        "{:>3}  {:>8}  {:>8}  {:>8}  {:>9}  {:>9}  CENTRE (LPS mm)",
-        "#", "SUVmax", "SUVpeak", "SUVmean", "MTV mL", "TLG g"
+        "{:>3}  {:>8}  {:>8}  {:>8}  {:>9}  {:>9}  {:<16}  FOUND BY",
+        "#", "SUVmax", "SUVpeak", "SUVmean", "MTV mL", "TLG g", "CENTRE (LPS mm)"
     );
     for l in &findings.lesions {
+        let centre = format!("{:.0}, {:.0}, {:.0}", l.centroid_mm[0], l.centroid_mm[1], l.centroid_mm[2]);
         println!(
-            "{:>3}  {:>8.2}  {:>8.2}  {:>8.2}  {:>9.2}  {:>9.1}  {:.0}, {:.0}, {:.0}",
+            "{:>3}  {:>8.2}  {:>8.2}  {:>8.2}  {:>9.2}  {:>9.1}  {:<16}  {}",
             l.label,
             l.suv_max,
             l.suv_peak,
             l.suv_mean,
             l.volume_ml,
             l.tlg,
-            l.centroid_mm[0],
-            l.centroid_mm[1],
-            l.centroid_mm[2]
+            centre,
+            l.detected_by.join(", ")
         );
     }
     println!(
         "{} lesion(s), total MTV {:.1} mL, total TLG {:.1} g",
         findings.lesion_count, findings.total_mtv_ml, findings.total_tlg
     );
+    if let Some(score) = findings.anomaly_score {
+        println!("study abnormality score (anomaly detector): {score:.3}");
+    }
     let job_dir = dir.join("node").join(crate::worker::job_dir(job.id));
     println!("MIP preview: {}", job_dir.join("mip.png").display());
     println!("results received by the destination: {}", dir.join("received").join("dicom").display());

@@ -49,17 +49,7 @@ fn write(dir: &Path, f: &fixture::Fixture, e: &Encoded) {
     std::fs::write(dir.join("expected.json"), serde_json::to_vec_pretty(&expected).unwrap()).unwrap();
 }
 
-/// dciodvfy's errors for one file (it prints them on stderr as "Error - ...").
-fn dciodvfy_errors(path: &Path) -> Vec<String> {
-    let out = Command::new("dciodvfy").arg(path).output().unwrap();
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("Warning")).collect();
-    eprintln!("dciodvfy {}: {warnings:#?}", path.display());
-    text.lines().filter(|l| l.contains("Error")).map(str::to_string).collect()
-}
-
 fn check_with_dciodvfy(dir: &Path) {
-    require_tool("dciodvfy");
     for name in ["seg.dcm", "sr.dcm", "mip.dcm"] {
         let errors = dciodvfy_errors(&dir.join(name));
         assert!(errors.is_empty(), "{name}: {errors:#?}");

@@ -4,9 +4,11 @@
 //! end to end, and `check-config`. Needs `ORT_DYLIB_PATH` (scripts/test.sh fetches the library)
 //! and Python `onnx`.
 
+mod common;
+
+use common::{ort_library, test_models};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 use petct_node::infer::{
     Channels, Device, InferError, InferenceSettings, Manifest, Models, OrtSession, Predictor, Tensor, WindowSpec,
@@ -15,29 +17,9 @@ use petct_node::infer::{
 use petct_node::volume::{Geometry, Volume};
 use sha2::{Digest, Sha256};
 
-/// The test models, built once per test process.
-fn onnx_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("infer-models");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/make_test_models.py");
-        let out = Command::new("python3").arg(script).arg(&dir).output().expect("python3");
-        assert!(
-            out.status.success(),
-            "building the test models failed (Python `onnx` missing? run the tests through scripts/test.sh): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        dir
-    })
-}
-
 /// Sessions on the library scripts/test.sh fetched; the tests fail, not skip, without it.
 fn settings() -> InferenceSettings {
-    let lib = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()).expect(
-        "ORT_DYLIB_PATH is not set: run the tests through scripts/test.sh, which fetches ONNX Runtime 1.31.1 \
-         into .tools/onnxruntime and sets it",
-    );
-    assert!(Path::new(&lib).is_file(), "ORT_DYLIB_PATH={lib:?} does not exist: run the tests through scripts/test.sh");
+    ort_library();
     InferenceSettings { library: None, device: Device::Cpu, allow_cpu_fallback: false, threads: 1 }
 }
 
@@ -66,7 +48,7 @@ struct Spec<'a> {
 
 impl Spec<'_> {
     fn write(&self, dir: &Path) -> PathBuf {
-        let onnx = onnx_dir().join(self.onnx);
+        let onnx = test_models().join(self.onnx);
         let sha = self.sha.map(str::to_string).unwrap_or_else(|| sha256(&onnx));
         let (patch, multiple, overlap, batch) = self.window;
         let task_fields = if self.task == "segmentation" {
@@ -277,7 +259,10 @@ fn manifests_that_do_not_match_their_file_are_refused_with_both_sides() {
     assert!(e.contains("output `output` f32 [N, 1, D, H, W]") && e.contains("it has 2 channels"), "{e}");
     let wrong = "ab".repeat(32);
     let e = problem(Spec { sha: Some(&wrong), ..spec("sha", "segmentation", "conv3.onnx", &[SUV, CT]) });
-    assert!(e.contains("sha256") && e.contains(&wrong) && e.contains(&sha256(&onnx_dir().join("conv3.onnx"))), "{e}");
+    assert!(
+        e.contains("sha256") && e.contains(&wrong) && e.contains(&sha256(&test_models().join("conv3.onnx"))),
+        "{e}"
+    );
     let e = problem(Spec { extra: "colour = \"blue\"\n", ..spec("key", "segmentation", "conv3.onnx", &[SUV, CT]) });
     assert!(e.contains("key.model.toml") && e.contains("colour"), "{e}");
     let e = problem(Spec {

@@ -705,7 +705,8 @@ fn scu_stores_phantom_instances_in_storescp_orthanc_and_our_scp() {
 
 /// Orthanc as the PACS at both ends: it pushes a phantom study to the node as auto-routing
 /// does, and is the node's destination; every object the job produced is then in Orthanc.
-fn orthanc_round_trip(backend: Backend, test_name: &str) {
+/// With `models`, the fixture models of the infer stage run too, beside the classical baseline.
+fn orthanc_round_trip(backend: Backend, test_name: &str, models: bool) {
     if !in_private_network(test_name) {
         return;
     }
@@ -716,8 +717,9 @@ fn orthanc_round_trip(backend: Backend, test_name: &str) {
     opts.worker = FAST_WORKER.into();
     opts.extra_toml = format!(
         "{FAST_DELIVERY}\n[[destinations]]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\n\
-         host = \"127.0.0.1\"\nport = {}\n",
-        orthanc.dicom_port
+         host = \"127.0.0.1\"\nport = {}\n{}",
+        orthanc.dicom_port,
+        if models { fixture_models_toml() } else { String::new() }
     );
     let node = Node::start(opts);
     let modality = serde_json::json!(["PETCT_NODE", "127.0.0.1", node.port]).to_string();
@@ -764,14 +766,76 @@ fn orthanc_round_trip(backend: Backend, test_name: &str) {
         .collect();
     modalities.sort();
     assert_eq!(modalities, ["CT", "OT", "PT", "SEG", "SR"]);
+    if models {
+        check_model_results(&job_dir(&node, job));
+    }
+}
+
+/// The infer stage's fixture models (tests/py/make_test_models.py: an anomaly model and two
+/// segmentation models, one fed by its prior) beside the classical baseline, on the library
+/// scripts/test.sh fetched.
+fn fixture_models_toml() -> String {
+    let dir = test_models().join("pipeline");
+    let mut toml =
+        format!("[inference]\nlibrary = {:?}\nthreads = 2\n[segmentation]\nclassical = \"always\"\n", ort_library());
+    for name in ["fixture-anomaly", "fixture-sensitive", "fixture-prior"] {
+        toml.push_str(&format!("[[models]]\nmanifest = {:?}\n", dir.join(format!("{name}.model.toml"))));
+    }
+    toml
+}
+
+/// One SEG segment per segmentation model and one for the classical method, an anomaly score,
+/// lesions saying which methods found them, and SEG and SR valid for dciodvfy.
+fn check_model_results(dir: &Path) {
+    for name in ["seg.dcm", "sr.dcm"] {
+        let errors = dciodvfy_errors(&dir.join(name));
+        assert!(errors.is_empty(), "{name}: {errors:#?}");
+    }
+    let methods = ["fixture-sensitive", "fixture-prior", "classical"];
+    let seg = dicom_object::open_file(dir.join("seg.dcm")).unwrap();
+    let labels: Vec<String> = seg
+        .get(dicom_dictionary_std::tags::SEGMENT_SEQUENCE)
+        .and_then(|e| e.items())
+        .unwrap()
+        .iter()
+        .map(|i| i.get(dicom_dictionary_std::tags::SEGMENT_LABEL).unwrap().to_str().unwrap().trim().to_string())
+        .collect();
+    let want: Vec<String> = methods.iter().map(|m| format!("Lesions ({m})")).collect();
+    assert_eq!(labels, want);
+    let findings: Value = serde_json::from_slice(&std::fs::read(dir.join("findings.json")).unwrap()).unwrap();
+    // The phantom has lesions far above SUV 7, where the fixture's probability is 1.
+    let score = findings["anomaly_score"].as_f64().expect("an anomaly score");
+    assert!(score > 0.9 && score <= 1.0, "{score}");
+    let lesions = findings["lesions"].as_array().unwrap();
+    let found_by =
+        |m: &str| lesions.iter().filter(|l| l["detected_by"].as_array().unwrap().iter().any(|b| b == m)).count();
+    for lesion in lesions {
+        let by = lesion["detected_by"].as_array().unwrap();
+        assert!(!by.is_empty() && by.iter().all(|m| methods.contains(&m.as_str().unwrap())), "{lesion}");
+    }
+    // Every method found something; the prior-fed model (SUV above 5) no more than the SUV 2.5 one.
+    let counts: Vec<usize> = methods.iter().map(|m| found_by(m)).collect();
+    assert!(counts.iter().all(|&c| c > 0) && counts[1] <= counts[0], "{counts:?}");
+    let run: Value = serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
+    assert_eq!(run["segments"], serde_json::json!(methods), "{run}");
 }
 
 #[test]
 fn orthanc_pushes_a_study_and_receives_the_results_sqlite() {
-    orthanc_round_trip(Backend::Sqlite, "orthanc_pushes_a_study_and_receives_the_results_sqlite");
+    orthanc_round_trip(Backend::Sqlite, "orthanc_pushes_a_study_and_receives_the_results_sqlite", false);
 }
 
 #[test]
 fn orthanc_pushes_a_study_and_receives_the_results_postgres() {
-    orthanc_round_trip(Backend::Postgres, "orthanc_pushes_a_study_and_receives_the_results_postgres");
+    orthanc_round_trip(Backend::Postgres, "orthanc_pushes_a_study_and_receives_the_results_postgres", false);
+}
+
+#[test]
+fn orthanc_gets_the_model_results_sqlite() {
+    orthanc_round_trip(Backend::Sqlite, "orthanc_gets_the_model_results_sqlite", true);
+}
+
+#[test]
+fn orthanc_gets_the_model_results_postgres() {
+    orthanc_round_trip(Backend::Postgres, "orthanc_gets_the_model_results_postgres", true);
 }

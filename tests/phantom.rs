@@ -2,11 +2,14 @@
 //! headers (our QIBA implementation and OHIF's @cornerstonejs/calculate-suv), lesion truth
 //! consistency, NIfTI geometry, determinism and rigid misalignment.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::dciodvfy_errors;
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_object::{DefaultDicomObject, InMemDicomObject, open_file};
@@ -61,13 +64,6 @@ fn rel(a: f64, b: f64) -> f64 {
 
 fn have_dciodvfy() -> bool {
     Command::new("dciodvfy").arg("-help").output().is_ok()
-}
-
-/// dciodvfy's error lines for a file (empty = valid).
-fn dciodvfy_errors(path: &Path) -> Vec<String> {
-    let out = Command::new("dciodvfy").arg(path).output().expect("run dciodvfy");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    text.lines().filter(|l| l.starts_with("Error")).map(String::from).collect()
 }
 
 #[test]

@@ -2,8 +2,10 @@
 onnxruntime reproduces torch on random and real patches, and writes the manifest
 (docs/models.md) with the file's sha256.
 
-    export_model.py --checkpoint var/training/anomaly.pt --task anomaly --name anomaly-ae \
+    export_model.py --checkpoint var/training/anomaly.pt --name anomaly-ae \
         --out models/ [--calibration calibration.json] [--annotation-source ...]
+
+The task (anomaly or segmentation) and the input channels come from the checkpoint.
 """
 import argparse
 import hashlib

@@ -6,6 +6,7 @@ use std::fs::{self, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,43 @@ pub const EXPLICIT_LE: &str = "1.2.840.10008.1.2.1";
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_petct-node")
+}
+
+/// The ONNX Runtime library scripts/test.sh fetched; tests that run models fail, not skip,
+/// without it.
+pub fn ort_library() -> PathBuf {
+    let lib = std::env::var_os("ORT_DYLIB_PATH").filter(|p| !p.is_empty()).expect(
+        "ORT_DYLIB_PATH is not set: run the tests through scripts/test.sh, which fetches ONNX Runtime 1.31.1 \
+         into .tools/onnxruntime and sets it",
+    );
+    assert!(Path::new(&lib).is_file(), "ORT_DYLIB_PATH={lib:?} does not exist: run the tests through scripts/test.sh");
+    PathBuf::from(lib)
+}
+
+/// The tiny ONNX models of tests/py/make_test_models.py, built once per test process.
+pub fn test_models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("test-models");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/make_test_models.py");
+        let out = Command::new("python3").arg(script).arg(&dir).output().expect("python3");
+        assert!(
+            out.status.success(),
+            "building the test models failed (Python `onnx` missing? run the tests through scripts/test.sh): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        dir
+    })
+}
+
+/// dciodvfy's error lines for a file (empty: valid); its warnings are printed.
+pub fn dciodvfy_errors(path: &Path) -> Vec<String> {
+    require_tool("dciodvfy");
+    let out = Command::new("dciodvfy").arg(path).output().expect("run dciodvfy");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let warnings: Vec<&str> = text.lines().filter(|l| l.starts_with("Warning")).collect();
+    eprintln!("dciodvfy {}: {warnings:#?}", path.display());
+    text.lines().filter(|l| l.starts_with("Error")).map(String::from).collect()
 }
 
 /// Fails with a hint instead of a confusing error when a peer tool is missing.
