@@ -94,7 +94,8 @@ def make_case(binary, seed, out, args):
     with open(os.path.join(case, "done.json"), "w") as f:
         json.dump({"seed": seed, "normal": args.normal, "vendor": VENDORS[seed % len(VENDORS)],
                    "lesions": len(truth["lesions"]), "suv_bw_factor": summary["suv_bw_factor"],
-                   "lesion_ml": sum(l["volume_ml"] for l in truth["lesions"])}, f)
+                   "lesion_ml": sum(l["volume_ml"] for l in truth["lesions"]),
+                   "anomaly_score": summary.get("anomaly_score")}, f)
     return True
 
 

@@ -78,6 +78,11 @@ class DualBranchAE(nn.Module):
         # 1x1x1 fusion of the branches at every scale keeps the decoder at single width.
         self.fuse = nn.ModuleList(nn.Conv3d(2 * w, w, 1) for w in widths)
         self.decoder = Decoder(widths, 2)
+        # Start at a plausible body: mean 1 SUV, sigma about 0.8 SUV (normalised 0.1 and
+        # ln 0.08²). From 0 (sigma 10 SUV) Adam's lr-sized steps need thousands of steps to
+        # bring the variance down, and the first model never got there.
+        with torch.no_grad():
+            self.decoder.head.bias.copy_(torch.tensor([0.1, -5.0]))
 
     def forward(self, x):
         # x: [N, 3, D, H, W] = suv_masked, suv_mask, ct_hu (normalised, the manifest's order).

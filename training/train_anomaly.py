@@ -92,14 +92,23 @@ def main():
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
         x, y, w = batch(cases, rng, size, args.batch)
-        loss = loss_fn(net(x), y, w)
+        out = net(x)
+        loss = loss_fn(out, y, w)
         opt.zero_grad()
         loss.backward()
         opt.step()
         step += 1
         running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
         if step % 50 == 0:
-            print(f"step {step} loss {running:.4f} {time.time() - t0:.0f} s", flush=True)
+            # The learned sigma and the absolute residual (SUV) in the body, hidden voxels apart:
+            # the two should meet, and stay well under the lesions' contrast.
+            with torch.no_grad():
+                sigma = 10 * torch.exp(0.5 * out[:, 1:2])
+                resid = 10 * (y - out[:, 0:1]).abs()
+                hidden, body = w == 1.0, w == 0.1
+                fig = " ".join(f"{n} sigma {sigma[m].median():.2f} |r| {resid[m].median():.2f}"
+                               for n, m in (("hidden", hidden), ("body", body)) if m.any())
+            print(f"step {step} loss {running:.4f} {time.time() - t0:.0f} s {fig}", flush=True)
         if step % 250 == 0 or step == args.steps:
             # Also along the way, to look at a partly trained model.
             torch.save({"task": "anomaly", "channels": ["suv_masked", "suv_mask", "ct_hu"],

@@ -1,0 +1,46 @@
+"""Does the anomaly detector see the lesions? For an exported ONNX file (calibration not
+needed): the z of the hottest `--volume-ml` of the body in normal studies against the largest z
+inside the truth lesions of lesion studies, and where each study's hottest voxel is (SUV, HU).
+A detector that works puts the lesions' z above every normal study's hottest volume.
+
+    diagnose_anomaly.py --onnx var/training/m/anomaly-ae.onnx \\
+        --normal var/training/normal --normal-seeds 2032-2039 --lesion var/training/lesion_check
+"""
+import argparse
+
+import numpy as np
+import onnxruntime as ort
+
+import calibrate_anomaly
+import data
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--onnx", required=True)
+    p.add_argument("--normal", required=True)
+    p.add_argument("--normal-seeds")
+    p.add_argument("--lesion", required=True)
+    p.add_argument("--volume-ml", type=float, default=1.0)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = args.threads
+    session = ort.InferenceSession(args.onnx, opts, providers=["CPUExecutionProvider"])
+    k = max(1, int(round(args.volume_ml / (4.0**3 / 1000))))
+    for kind, cases in (("normal", data.load(args.normal, seeds=args.normal_seeds)), ("lesion", data.load(args.lesion))):
+        for c in cases:
+            z = calibrate_anomaly.z_map(session, c)
+            body = np.where(c.body != 0, z, -np.inf)
+            hottest = np.sort(body.ravel())[-k:]
+            at = np.unravel_index(int(np.argmax(body)), z.shape)
+            line = (f"{kind} {c.meta['seed']}: hottest {args.volume_ml} mL z {hottest.mean():.2f}, max z {hottest[-1]:.2f} "
+                    f"at SUV {c.suv[at]:.1f}, {c.ct[at]:.0f} HU")
+            truth = c.labels.get("truth")
+            if truth is not None and truth.any():
+                line += f"; in lesions max z {z[truth != 0].max():.2f} (max SUV {c.suv[truth != 0].max():.1f})"
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
