@@ -16,10 +16,8 @@ import onnxruntime as ort
 import data
 import window
 
-MASK_THRESHOLD_SUV = 2.5
 
-
-def z_map(session, case, threshold=MASK_THRESHOLD_SUV):
+def z_map(session, case, threshold=data.MASK_THRESHOLD_SUV):
     mask = case.suv > threshold
     x = np.stack([data.normalise("suv_masked", np.where(mask, 0.0, case.suv)), mask.astype(np.float32),
                   data.normalise("ct_hu", case.ct)])

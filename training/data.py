@@ -7,6 +7,9 @@ import os
 import numpy as np
 import SimpleITK as sitk
 
+# Voxels above this SUV are hidden from the anomaly detector (its manifest's mask_threshold_suv).
+MASK_THRESHOLD_SUV = 2.5
+
 # The manifests' [[inputs]] (source, clip, offset, scale); the node applies the same.
 CHANNELS = {
     "suv": ((0.0, 20.0), 0.0, 10.0),

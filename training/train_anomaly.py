@@ -9,22 +9,18 @@ Gaussian negative log-likelihood of the log-variance, weighted towards the hidde
     train_anomaly.py --data var/training/normal --out var/training/anomaly.pt [--steps 1500]
 """
 import argparse
-import math
-import os
-import time
 
 import numpy as np
 import torch
 
 import data
+import loop
 import nets
-
-MASK_THRESHOLD_SUV = 2.5
 
 
 def masked_inputs(suv, ct, rng, spheres):
     """suv_masked, suv_mask, ct (normalised) for one patch; random spheres hidden too."""
-    mask = suv > MASK_THRESHOLD_SUV
+    mask = suv > data.MASK_THRESHOLD_SUV
     if spheres:
         zz, yy, xx = np.meshgrid(*[np.arange(n) for n in suv.shape], indexing="ij")
         for _ in range(rng.integers(1, 6)):
@@ -70,52 +66,33 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--seeds", help="train on these seeds only, e.g. 2000-2031")
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--patch", type=int, default=64)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--base", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    loop.add_args(p)
     args = p.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
+    rng = loop.seeded(args)
     cases = data.load(args.data, seeds=args.seeds)
     print(f"{len(cases)} normal studies", flush=True)
-    net = nets.DualBranchAE(base=args.base)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     size = (args.patch,) * 3
-    t0, step, running = time.time(), 0, None
-    while step < args.steps:
-        frac = step / args.steps  # cosine decay
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def step(net, report):
         x, y, w = batch(cases, rng, size, args.batch)
         out = net(x)
-        loss = loss_fn(out, y, w)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0:
-            # The learned sigma and the absolute residual (SUV) in the body, hidden voxels apart:
-            # the two should meet, and stay well under the lesions' contrast.
-            with torch.no_grad():
-                sigma = 10 * torch.exp(0.5 * out[:, 1:2])
-                resid = 10 * (y - out[:, 0:1]).abs()
-                hidden, body = w == 1.0, w == 0.1
-                fig = " ".join(f"{n} sigma {sigma[m].median():.2f} |r| {resid[m].median():.2f}"
-                               for n, m in (("hidden", hidden), ("body", body)) if m.any())
-            print(f"step {step} loss {running:.4f} {time.time() - t0:.0f} s {fig}", flush=True)
-        if step % 250 == 0 or step == args.steps:
-            # Also along the way, to look at a partly trained model.
-            torch.save({"task": "anomaly", "channels": ["suv_masked", "suv_mask", "ct_hu"],
-                        "state_dict": net.state_dict(), "base": args.base, "steps": step, "args": vars(args),
-                        "mask_threshold_suv": MASK_THRESHOLD_SUV}, args.out)
-    print(f"saved {args.out} after {step} steps, {time.time() - t0:.0f} s", flush=True)
+        if not report:
+            return loss_fn(out, y, w), ""
+        # The learned sigma and the absolute residual (SUV) in the body, hidden voxels apart:
+        # the two should meet, and stay well under the lesions' contrast.
+        with torch.no_grad():
+            sigma = 10 * torch.exp(0.5 * out[:, 1:2])
+            resid = 10 * (y - out[:, 0:1]).abs()
+            hidden, body = w == 1.0, w == 0.1
+            text = " ".join(f"{n} sigma {sigma[m].median():.2f} |r| {resid[m].median():.2f}"
+                            for n, m in (("hidden", hidden), ("body", body)) if m.any())
+        return loss_fn(out, y, w), text
 
+    def checkpoint(net, steps):
+        return {"task": "anomaly", "channels": ["suv_masked", "suv_mask", "ct_hu"], "state_dict": net.state_dict(),
+                "base": args.base, "steps": steps, "args": vars(args), "mask_threshold_suv": data.MASK_THRESHOLD_SUV}
+
+    loop.train(nets.DualBranchAE(base=args.base), args, step, checkpoint)
 
 if __name__ == "__main__":
     main()

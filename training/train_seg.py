@@ -6,14 +6,13 @@ centred near a labelled voxel, the rest anywhere in the body (including lesion-f
     train_seg.py --data var/training/lesion --labels high_specificity --out var/training/seg-hspec.pt
 """
 import argparse
-import math
-import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 import data
+import loop
 import nets
 
 
@@ -53,45 +52,25 @@ def main():
     p.add_argument("--labels", required=True, choices=["high_sensitivity", "high_specificity", "truth"])
     p.add_argument("--out", required=True)
     p.add_argument("--no-prior", action="store_true", help="the ablation: SUV and CT only")
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--patch", type=int, default=64)
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--base", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--threads", type=int, default=2)
+    loop.add_args(p)
     args = p.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-    rng = np.random.default_rng(args.seed)
+    rng = loop.seeded(args)
     channels = ["suv", "ct_hu"] + ([] if args.no_prior else ["anomaly_prior"])
     cases = [c for root in args.data for c in data.load(root, with_prior=not args.no_prior, seeds=args.seeds)]
     for c in cases:
         c.fg = {k: np.argwhere(v != 0) for k, v in c.labels.items()}
     print(f"{len(cases)} studies, channels {channels}, labels {args.labels}", flush=True)
-    net = nets.UNet(len(channels), 1, base=args.base)
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     size = (args.patch,) * 3
-    t0, step, running = time.time(), 0, None
-    while step < args.steps:
-        frac = step / args.steps  # cosine decay
-        for g in opt.param_groups:
-            g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
-        xs, ys = zip(*[sample(cases, args.labels, rng, size, channels) for _ in range(args.batch)])
-        loss = loss_fn(net(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(ys)))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        step += 1
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
-        if step % 50 == 0:
-            print(f"step {step} loss {running:.4f} {time.time() - t0:.0f} s", flush=True)
-        if step % 250 == 0 or step == args.steps:
-            # Also along the way, to look at a partly trained model.
-            torch.save({"task": "segmentation", "channels": channels, "labels": args.labels,
-                        "state_dict": net.state_dict(), "base": args.base, "steps": step, "args": vars(args)}, args.out)
-    print(f"saved {args.out} after {step} steps, {time.time() - t0:.0f} s", flush=True)
 
+    def step(net, report):
+        xs, ys = zip(*[sample(cases, args.labels, rng, size, channels) for _ in range(args.batch)])
+        return loss_fn(net(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(ys))), ""
+
+    def checkpoint(net, steps):
+        return {"task": "segmentation", "channels": channels, "labels": args.labels, "state_dict": net.state_dict(),
+                "base": args.base, "steps": steps, "args": vars(args)}
+
+    loop.train(nets.UNet(len(channels), 1, base=args.base), args, step, checkpoint)
 
 if __name__ == "__main__":
     main()

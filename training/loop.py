@@ -1,0 +1,49 @@
+"""What the training scripts share: their command-line knobs, seeding, and the optimisation loop
+(AdamW, cosine decay to 2 % of the learning rate, a running loss every 50 steps, a checkpoint
+every 250 steps and at the end)."""
+import math
+import time
+
+import numpy as np
+import torch
+
+
+def add_args(p):
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--patch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--base", type=int, default=8)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--threads", type=int, default=2)
+
+
+def seeded(args):
+    """Seeds torch, sets its threads; the numpy generator for sampling patches."""
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    return np.random.default_rng(args.seed)
+
+
+def train(net, args, step_fn, checkpoint):
+    """`step_fn(net, report)` returns the loss of one batch and, when `report`, a text for the log
+    line; `checkpoint(net, steps)` the dict saved to `args.out`."""
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    t0, step, running = time.time(), 0, None
+    while step < args.steps:
+        frac = step / args.steps  # cosine decay
+        for g in opt.param_groups:
+            g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
+        report = (step + 1) % 50 == 0
+        loss, text = step_fn(net, report)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        step += 1
+        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        if report:
+            print(f"step {step} loss {running:.4f} {time.time() - t0:.0f} s {text}".rstrip(), flush=True)
+        if step % 250 == 0 or step == args.steps:
+            # Also along the way, to look at a partly trained model.
+            torch.save(checkpoint(net, step), args.out)
+    print(f"saved {args.out} after {step} steps, {time.time() - t0:.0f} s", flush=True)
