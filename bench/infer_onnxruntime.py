@@ -29,16 +29,14 @@ threshold = cal["mask_threshold_suv"]
 best = None
 for r in range(rounds):
     t0 = time.time()
-    mask = suv > threshold
-    x = np.stack([data.normalise("suv_masked", np.where(mask, 0, suv)), mask.astype(np.float32),
-                  data.normalise("ct_hu", ct)])
-    out = window.infer(ae, x, pad_values=np.array([0, 0, -1], dtype=np.float32))
+    x = data.anomaly_inputs(suv, ct, suv > threshold)
+    out = window.infer(ae, x, pad_values=data.air_values(data.ANOMALY_CHANNELS))
     z = (data.normalise("suv", suv) - out[0]) * np.exp(-out[1] / 2)
     prior = np.where(body > 0, np.clip((z - cal["z_low"]) / (cal["z_high"] - cal["z_low"]), 0, 1), 0)
     prior = prior.astype(np.float32)
     for s in segs:
         x = np.stack([data.normalise("suv", suv), data.normalise("ct_hu", ct), prior])
-        window.infer(s, x, pad_values=np.array([0, -1, 0], dtype=np.float32))
+        window.infer(s, x, pad_values=data.air_values(["suv", "ct_hu", "anomaly_prior"]))
     took = time.time() - t0
     best = took if best is None else min(best, took)
     print(f"round {r + 1}: Python onnxruntime + MONAI-style sliding window {took:.2f} s", flush=True)

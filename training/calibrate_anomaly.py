@@ -18,10 +18,8 @@ import window
 
 
 def z_map(session, case, threshold=data.MASK_THRESHOLD_SUV):
-    mask = case.suv > threshold
-    x = np.stack([data.normalise("suv_masked", np.where(mask, 0.0, case.suv)), mask.astype(np.float32),
-                  data.normalise("ct_hu", case.ct)])
-    out = window.infer(session, x, pad_values=np.array([0.0, 0.0, -1.0], dtype=np.float32))
+    x = data.anomaly_inputs(case.suv, case.ct, case.suv > threshold)
+    out = window.infer(session, x, pad_values=data.air_values(data.ANOMALY_CHANNELS))
     return (data.normalise("suv", case.suv) - out[0]) * np.exp(-out[1] / 2)
 
 

@@ -10,19 +10,37 @@ import SimpleITK as sitk
 # Voxels above this SUV are hidden from the anomaly detector (its manifest's mask_threshold_suv).
 MASK_THRESHOLD_SUV = 2.5
 
-# The manifests' [[inputs]] (source, clip, offset, scale); the node applies the same.
+# The manifests' [[inputs]]: channel -> (source, clip, offset, scale); the node applies the same.
 CHANNELS = {
-    "suv": ((0.0, 20.0), 0.0, 10.0),
-    "ct_hu": ((-1000.0, 1000.0), 0.0, 1000.0),
-    "anomaly_prior": ((0.0, 1.0), 0.0, 1.0),
-    "suv_masked": ((0.0, 20.0), 0.0, 10.0),
-    "suv_mask": ((0.0, 1.0), 0.0, 1.0),
+    "suv": ("suv", (0.0, 20.0), 0.0, 10.0),
+    "ct_hu": ("ct_hu", (-1000.0, 1000.0), 0.0, 1000.0),
+    # A soft-tissue window beside the wide one: fluid (bladder, 0 HU), fat, liver and muscle lie
+    # within 0.1 of each other in the wide window and 0.5-2.5 apart here.
+    "ct_soft": ("ct_hu", (-200.0, 300.0), 50.0, 100.0),
+    "anomaly_prior": ("anomaly_prior", (0.0, 1.0), 0.0, 1.0),
+    "suv_masked": ("suv_masked", (0.0, 20.0), 0.0, 10.0),
+    "suv_mask": ("suv_mask", (0.0, 1.0), 0.0, 1.0),
 }
+# What the node pads with and puts outside the CT box, per source (docs/models.md).
+AIR = {"suv": 0.0, "ct_hu": -1000.0, "anomaly_prior": 0.0, "suv_masked": 0.0, "suv_mask": 0.0}
+# The anomaly detector's input channels, in the manifest's order.
+ANOMALY_CHANNELS = ["suv_masked", "suv_mask", "ct_hu", "ct_soft"]
 
 
-def normalise(source, x):
-    (lo, hi), offset, scale = CHANNELS[source]
+def normalise(channel, x):
+    _, (lo, hi), offset, scale = CHANNELS[channel]
     return ((np.clip(x, lo, hi) - offset) / scale).astype(np.float32)
+
+
+def air_values(channels):
+    """Each channel's normalised air value, the padding of sliding-window inference."""
+    return np.array([normalise(c, np.float32(AIR[CHANNELS[c][0]])) for c in channels], dtype=np.float32)
+
+
+def anomaly_inputs(suv, ct, hidden):
+    """The anomaly detector's channels with the `hidden` voxels of the SUV masked."""
+    sources = {"suv_masked": np.where(hidden, 0.0, suv), "suv_mask": hidden.astype(np.float32), "ct_hu": ct, "ct_soft": ct}
+    return np.stack([normalise(c, sources[c]) for c in ANOMALY_CHANNELS])
 
 
 def read(path):

@@ -20,7 +20,6 @@ import data
 import nets
 
 SPACING_MM = 4.0
-PATCH = 64
 SIZE_MULTIPLE = 8  # 2 ** (levels - 1)
 
 
@@ -45,6 +44,12 @@ def toml_value(v):
     return repr(float(v)) if isinstance(v, float) else str(v)
 
 
+def patch(ck):
+    """The patch it was trained on: instance normalisation sees a patch's statistics, so the
+    node serves the same size."""
+    return ck["args"]["patch"]
+
+
 def manifest(ck, name, version, onnx_file, sha, description, extra):
     lines = [
         f"# Written by training/export_model.py; {description}",
@@ -56,7 +61,7 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         'input_name = "input"',
         'output_name = "output"',
         f"spacing_mm = {toml_value([SPACING_MM] * 3)}",
-        f"patch_size = {toml_value([PATCH] * 3)}",
+        f"patch_size = {toml_value([patch(ck)] * 3)}",
         f"size_multiple = {SIZE_MULTIPLE}",
         "overlap = 0.5",
         "batch_size = 2",
@@ -65,8 +70,8 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         lines += [f"threshold = {toml_value(extra.get('threshold', 0.5))}",
                   f"annotation_source = {toml_value(extra['annotation_source'])}"]
     lines.append(f"description = {toml_value(description)}")
-    for source in ck["channels"]:
-        (lo, hi), offset, scale = data.CHANNELS[source]
+    for channel in ck["channels"]:
+        source, (lo, hi), offset, scale = data.CHANNELS[channel]
         lines += ["", "[[inputs]]", f"source = {toml_value(source)}", f"clip = {toml_value([lo, hi])}",
                   f"offset = {toml_value(offset)}", f"scale = {toml_value(scale)}"]
     if ck["task"] == "anomaly":
@@ -78,7 +83,7 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
 
 
 def export(net, ck, path):
-    x = torch.zeros(1, len(ck["channels"]), PATCH, PATCH, PATCH)
+    x = torch.zeros(1, len(ck["channels"]), *[patch(ck)] * 3)
     axes = {0: "batch", 2: "depth", 3: "height", 4: "width"}
     torch.onnx.export(net, (x,), path, input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": axes, "output": axes}, opset_version=17, dynamo=False)
@@ -88,7 +93,7 @@ def parity(net, ck, path, rng):
     """Largest |onnxruntime - torch| over random inputs of several sizes."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     worst = 0.0
-    for shape in [(2, PATCH, PATCH, PATCH), (1, 40, 72, 56), (1, 16, 8, 24)]:
+    for shape in [(2,) + (patch(ck),) * 3, (1, 40, 72, 56), (1, 16, 8, 24)]:
         x = rng.uniform(-1, 1.5, size=(shape[0], len(ck["channels"])) + shape[1:]).astype(np.float32)
         if ck["task"] == "anomaly":
             x[:, 1] = (x[:, 1] > 0.8).astype(np.float32)

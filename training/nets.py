@@ -1,8 +1,13 @@
 """The networks: a small 3D U-Net for segmentation and the dual-branch anomaly autoencoder.
 Both are fully convolutional (any input size that is a multiple of 2**levels) and export to
 ONNX with dynamic spatial axes."""
+import math
+
 import torch
 from torch import nn
+
+# The anomaly model's sigma lies in 0.15-2 SUV: the log-variance of the normalised SUV (SUV / 10).
+LOGVAR_MIN, LOGVAR_MAX = 2 * math.log(0.015), 2 * math.log(0.2)
 
 
 def block(cin, cout):
@@ -74,20 +79,21 @@ class DualBranchAE(nn.Module):
         super().__init__()
         widths = [base * 2**i for i in range(levels)]
         self.pet = Encoder(2, widths)
-        self.ct = Encoder(1, widths)
+        self.ct = Encoder(2, widths)
         # 1x1x1 fusion of the branches at every scale keeps the decoder at single width.
         self.fuse = nn.ModuleList(nn.Conv3d(2 * w, w, 1) for w in widths)
         self.decoder = Decoder(widths, 2)
-        # Start at a plausible body: mean 1 SUV, sigma about 0.8 SUV (normalised 0.1 and
-        # ln 0.08²). From 0 (sigma 10 SUV) Adam's lr-sized steps need thousands of steps to
-        # bring the variance down, and the first model never got there.
+        # Start at a plausible body: mean 1 SUV, sigma about 0.8 SUV. From sigma 10 SUV Adam's
+        # lr-sized steps need thousands of steps to bring the variance down.
         with torch.no_grad():
-            self.decoder.head.bias.copy_(torch.tensor([0.1, -5.0]))
+            self.decoder.head.bias.copy_(torch.tensor([0.1, math.log((-5.0 - LOGVAR_MIN) / (LOGVAR_MAX + 5.0))]))
 
     def forward(self, x):
-        # x: [N, 3, D, H, W] = suv_masked, suv_mask, ct_hu (normalised, the manifest's order).
+        # x: [N, 4, D, H, W] = suv_masked, suv_mask, ct_hu, ct_soft (data.ANOMALY_CHANNELS).
         pet = self.pet(x[:, 0:2])
-        ct = self.ct(x[:, 2:3])
+        ct = self.ct(x[:, 2:4])
         out = self.decoder([f(torch.cat([p, c], dim=1)) for f, p, c in zip(self.fuse, pet, ct)])
-        mean, logvar = out[:, 0:1], out[:, 1:2].clamp(-12.0, 6.0)
-        return torch.cat([mean, logvar], dim=1)
+        # A bounded variance: with it free, the network explains any hidden blob with a wide
+        # sigma and a lesion's z stays small (training/README.md, attempt 2).
+        logvar = LOGVAR_MIN + (LOGVAR_MAX - LOGVAR_MIN) * torch.sigmoid(out[:, 1:2])
+        return torch.cat([out[:, 0:1], logvar], dim=1)

@@ -1,10 +1,11 @@
 """Trains the dual-branch anomaly autoencoder on lesion-free studies (make_data.py --normal).
 
 Voxels above the manifest's mask_threshold_suv are hidden from the PET branch, as the node
-hides them at inference, and so are random spheres in the body, so that the network learns to
-fill in any tissue (liver, lung, bone, nodes) from its surroundings and the CT. The decoder
-predicts the mean and log-variance of the normalised SUV; the loss is L1 on the mean plus the
-Gaussian negative log-likelihood of the log-variance, weighted towards the hidden voxels.
+hides them at inference, and so are many blobs of normal tissue (hide_spheres), so that the
+network learns to fill in any tissue (liver, lung, bone, nodes) from its surroundings and the
+CT. The decoder predicts the mean and log-variance of the normalised SUV; the loss is L1 on the
+mean plus the Gaussian negative log-likelihood of the log-variance, weighted towards the hidden
+voxels.
 
     train_anomaly.py --data var/training/normal --out var/training/anomaly.pt [--steps 1500]
 """
@@ -18,37 +19,60 @@ import loop
 import nets
 
 
-def masked_inputs(suv, ct, rng, spheres):
-    """suv_masked, suv_mask, ct (normalised) for one patch; random spheres hidden too."""
-    mask = suv > data.MASK_THRESHOLD_SUV
-    if spheres:
-        zz, yy, xx = np.meshgrid(*[np.arange(n) for n in suv.shape], indexing="ij")
-        for _ in range(rng.integers(1, 6)):
-            c = [rng.integers(8, n - 8) for n in suv.shape]
-            r = rng.uniform(1.0, 5.0)  # voxels of 4 mm: 4-20 mm
-            mask |= (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= r * r
-    x = np.stack([
-        data.normalise("suv_masked", np.where(mask, 0.0, suv)),
-        mask.astype(np.float32),
-        data.normalise("ct_hu", ct),
-    ])
-    return x, mask
+def hide_spheres(mask, body, rng):
+    """Hides blobs of normal tissue: 4-12 per patch, spheres of 4-24 mm radius centred in the
+    body where the SUV is below the threshold, some lobulated as lesions are. They make up most
+    of the hidden volume, so that a hidden region no longer says "hot" (in normal studies the
+    above-threshold voxels are all hot organs) and the network has to predict it from its
+    surroundings and the CT, which is what a lesion hidden in liver, lung, bone or a node needs."""
+    candidates = np.argwhere((body != 0) & ~mask)
+    if not len(candidates):
+        return mask
+    hidden = mask.copy()
+    for _ in range(rng.integers(4, 13)):
+        centre = candidates[rng.integers(len(candidates))].astype(float)
+        r = rng.uniform(1.0, 6.0)  # voxels of 4 mm
+        lobes = [(centre, r)]
+        for _ in range(rng.integers(0, 3) if rng.random() < 0.3 else 0):
+            d = rng.normal(size=3)
+            lobes.append((centre + d / np.linalg.norm(d) * r * 0.7, r * rng.uniform(0.5, 0.9)))
+        for c, rr in lobes:
+            lo = np.maximum(np.floor(c - rr).astype(int), 0)
+            hi = np.minimum(np.ceil(c + rr).astype(int) + 1, mask.shape)
+            if np.any(hi <= lo):
+                continue
+            zz, yy, xx = np.ogrid[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+            inside = (zz - c[0]) ** 2 + (yy - c[1]) ** 2 + (xx - c[2]) ** 2 <= rr * rr
+            hidden[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] |= inside
+    return hidden
 
 
-def batch(cases, rng, size, n):
-    xs, ys, ws = [], [], []
+# Voxel kinds of a training patch, for the loss weights and the log line.
+OUTSIDE, BODY, BLOB, HOT = 0, 1, 2, 3
+
+
+def batch(cases, rng, size, n, hot_balance):
+    """Inputs, targets, loss weights and voxel kinds of `n` random patches."""
+    xs, ys, ws, kinds = [], [], [], []
     for _ in range(n):
         case = cases[rng.integers(len(cases))]
         centre = case.body_voxels[rng.integers(len(case.body_voxels))]
         suv = data.crop(case.suv, centre, size, 0.0)
         ct = data.crop(case.ct, centre, size, -1000.0)
         body = data.crop(case.body, centre, size, 0)
-        x, mask = masked_inputs(suv, ct, rng, spheres=True)
-        xs.append(x)
+        hot = suv > data.MASK_THRESHOLD_SUV
+        mask = hide_spheres(hot, body, rng)
+        kind = np.where(hot, HOT, np.where(mask, BLOB, np.where(body != 0, BODY, OUTSIDE))).astype(np.uint8)
+        xs.append(data.anomaly_inputs(suv, ct, mask))
         ys.append(data.normalise("suv", suv)[None])
-        # Hidden voxels are what the detector is for; the body matters more than the air.
-        ws.append(np.where(mask, 1.0, np.where(body != 0, 0.1, 0.01)).astype(np.float32)[None])
-    return [torch.from_numpy(np.stack(a)) for a in (xs, ys, ws)]
+        # Hidden voxels are what the detector is for, the body matters more than the air. The hot
+        # organs (the brain alone is 20 000 voxels) weigh at most `hot_balance` times the hidden
+        # normal tissue of the patch, or "hidden" would still mean "hot" to the loss.
+        n_hot, n_blob = int((kind == HOT).sum()), int((kind == BLOB).sum())
+        w_hot = min(1.0, hot_balance * n_blob / n_hot) if n_hot and hot_balance > 0 else 1.0
+        ws.append(np.array([0.01, 0.1, 1.0, w_hot], dtype=np.float32)[kind][None])
+        kinds.append(kind[None])
+    return [torch.from_numpy(np.stack(a)) for a in (xs, ys, ws, kinds)]
 
 
 def loss_fn(out, y, w):
@@ -66,6 +90,8 @@ def main():
     p.add_argument("--data", required=True)
     p.add_argument("--seeds", help="train on these seeds only, e.g. 2000-2031")
     p.add_argument("--out", required=True)
+    p.add_argument("--hot-balance", type=float, default=2.0,
+                   help="hot organs weigh at most this many times a patch's hidden normal tissue (0: no limit)")
     loop.add_args(p)
     args = p.parse_args()
     rng = loop.seeded(args)
@@ -74,7 +100,7 @@ def main():
     size = (args.patch,) * 3
 
     def step(net, report):
-        x, y, w = batch(cases, rng, size, args.batch)
+        x, y, w, kind = batch(cases, rng, size, args.batch, args.hot_balance)
         out = net(x)
         if not report:
             return loss_fn(out, y, w), ""
@@ -83,13 +109,13 @@ def main():
         with torch.no_grad():
             sigma = 10 * torch.exp(0.5 * out[:, 1:2])
             resid = 10 * (y - out[:, 0:1]).abs()
-            hidden, body = w == 1.0, w == 0.1
+            groups = (("hot", kind == HOT), ("blobs", kind == BLOB), ("body", kind == BODY))
             text = " ".join(f"{n} sigma {sigma[m].median():.2f} |r| {resid[m].median():.2f}"
-                            for n, m in (("hidden", hidden), ("body", body)) if m.any())
+                            for n, m in groups if m.any())
         return loss_fn(out, y, w), text
 
     def checkpoint(net, steps):
-        return {"task": "anomaly", "channels": ["suv_masked", "suv_mask", "ct_hu"], "state_dict": net.state_dict(),
+        return {"task": "anomaly", "channels": data.ANOMALY_CHANNELS, "state_dict": net.state_dict(),
                 "base": args.base, "steps": steps, "args": vars(args), "mask_threshold_suv": data.MASK_THRESHOLD_SUV}
 
     loop.train(nets.DualBranchAE(base=args.base), args, step, checkpoint)

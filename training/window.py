@@ -8,9 +8,10 @@ import numpy as np
 
 
 def gaussian(patch, sigma_scale=0.125):
+    """nnU-Net's weights, centred at patch // 2 as the node's are (docs/models.md)."""
     axes = []
     for n in patch:
-        c, s = (n - 1) / 2.0, n * sigma_scale
+        c, s = n // 2, n * sigma_scale
         axes.append(np.exp(-0.5 * ((np.arange(n) - c) / s) ** 2))
     g = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
     g = (g / g.max()).astype(np.float32)
