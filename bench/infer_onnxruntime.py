@@ -10,7 +10,6 @@ import time
 import tomllib
 
 import numpy as np
-import onnxruntime as ort
 import SimpleITK as sitk
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "training"))
@@ -20,9 +19,7 @@ import window  # noqa: E402
 grid, models, rounds, node_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 read = lambda n: sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(grid, n))).astype(np.float32)
 suv, ct, body = read("suv.nii.gz"), read("ct_hu.nii.gz"), read("body.nii.gz")
-opts = ort.SessionOptions()
-opts.intra_op_num_threads = 2
-session = lambda n: ort.InferenceSession(os.path.join(models, f"{n}.onnx"), opts, providers=["CPUExecutionProvider"])
+session = lambda n: window.session(os.path.join(models, f"{n}.onnx"), 2)
 ae, segs = session("anomaly-ae"), [session("seg-high-sensitivity"), session("seg-high-specificity")]
 cal = tomllib.load(open(os.path.join(models, "anomaly-ae.model.toml"), "rb"))["anomaly"]
 threshold = cal["mask_threshold_suv"]

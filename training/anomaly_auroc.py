@@ -23,15 +23,20 @@ def scores(root):
     return out
 
 
+def auroc(positive, negative):
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
+    return wins / (len(positive) * len(negative))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--lesion", required=True)
     p.add_argument("--normal", required=True)
     args = p.parse_args()
     lesion, normal = scores(args.lesion), scores(args.normal)
-    pairs = [(1.0 if a > b else 0.5 if a == b else 0.0) for a in lesion.values() for b in normal.values()]
     print(json.dumps({
-        "auroc": sum(pairs) / len(pairs),
+        "auroc": auroc(list(lesion.values()), list(normal.values())),
         "lesion_studies": len(lesion), "normal_studies": len(normal),
         "lesion_scores": lesion, "normal_scores": normal,
     }, indent=1))

@@ -11,22 +11,20 @@ import argparse
 import json
 
 import numpy as np
-import onnxruntime as ort
 
 import data
 import window
 
 
-def z_map(session, case, threshold=data.MASK_THRESHOLD_SUV):
+def z_map(session, case, patch, threshold=data.MASK_THRESHOLD_SUV):
     x = data.anomaly_inputs(case.suv, case.ct, case.suv > threshold)
-    out = window.infer(session, x, pad_values=data.air_values(data.ANOMALY_CHANNELS))
+    out = window.infer(session, x, patch=(patch,) * 3, pad_values=data.air_values(data.ANOMALY_CHANNELS))
     return (data.normalise("suv", case.suv) - out[0]) * np.exp(-out[1] / 2)
 
 
-def score(z, body, z_low, z_high, volume_ml, voxel_ml):
+def score(z, body, z_low, z_high, volume_ml):
     p = np.clip((z[body != 0] - z_low) / (z_high - z_low), 0, 1)
-    k = max(1, int(round(volume_ml / voxel_ml)))
-    return float(np.sort(p)[-k:].mean())
+    return float(np.sort(p)[-data.voxels_in(volume_ml):].mean())
 
 
 def main():
@@ -39,22 +37,20 @@ def main():
     p.add_argument("--score-volume-ml", type=float, default=1.0)
     p.add_argument("--check", nargs="*", default=[], help="case roots to print scores for")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--patch", type=int, default=64, help="the patch it was trained on (train_anomaly.py --patch)")
     args = p.parse_args()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(args.onnx, opts, providers=["CPUExecutionProvider"])
+    session = window.session(args.onnx, args.threads)
     wanted = data.seed_set(args.cases)
     cases = data.load(args.data, seeds=args.cases)
-    zs = [z_map(session, c) for c in cases]
+    zs = [z_map(session, c, args.patch) for c in cases]
     body_z = np.concatenate([z[c.body != 0] for z, c in zip(zs, cases)])
     z_low, z_high = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
-    voxel_ml = 4.0**3 / 1000
     cal = {"z_low": z_low, "z_high": z_high, "score_volume_ml": args.score_volume_ml,
            "calibration_seeds": sorted(wanted), "voxels": int(body_z.size),
-           "normal_scores": [score(z, c.body, z_low, z_high, args.score_volume_ml, voxel_ml) for z, c in zip(zs, cases)]}
+           "normal_scores": [score(z, c.body, z_low, z_high, args.score_volume_ml) for z, c in zip(zs, cases)]}
     for root in args.check:
         cal.setdefault("check", {})[root] = {
-            c.meta["seed"]: score(z_map(session, c), c.body, z_low, z_high, args.score_volume_ml, voxel_ml)
+            c.meta["seed"]: score(z_map(session, c, args.patch), c.body, z_low, z_high, args.score_volume_ml)
             for c in data.load(root)}
     print(json.dumps(cal, indent=1))
 

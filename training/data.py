@@ -23,6 +23,9 @@ CHANNELS = {
 }
 # What the node pads with and puts outside the CT box, per source (docs/models.md).
 AIR = {"suv": 0.0, "ct_hu": -1000.0, "anomaly_prior": 0.0, "suv_masked": 0.0, "suv_mask": 0.0}
+# The model grid of every model here: 4 mm isotropic.
+SPACING_MM = 4.0
+VOXEL_ML = SPACING_MM**3 / 1000
 # The anomaly detector's input channels, in the manifest's order.
 ANOMALY_CHANNELS = ["suv_masked", "suv_mask", "ct_hu", "ct_soft"]
 
@@ -30,6 +33,12 @@ ANOMALY_CHANNELS = ["suv_masked", "suv_mask", "ct_hu", "ct_soft"]
 def normalise(channel, x):
     _, (lo, hi), offset, scale = CHANNELS[channel]
     return ((np.clip(x, lo, hi) - offset) / scale).astype(np.float32)
+
+
+def voxels_in(volume_ml):
+    """The number of model-grid voxels in `volume_ml` (at least one), as the node counts its
+    score volume."""
+    return max(1, int(round(volume_ml / VOXEL_ML)))
 
 
 def air_values(channels):

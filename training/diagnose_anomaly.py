@@ -9,10 +9,10 @@ A detector that works puts the lesions' z above every normal study's hottest vol
 import argparse
 
 import numpy as np
-import onnxruntime as ort
 
 import calibrate_anomaly
 import data
+import window
 
 
 def main():
@@ -23,14 +23,13 @@ def main():
     p.add_argument("--lesion", required=True)
     p.add_argument("--volume-ml", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--patch", type=int, default=64, help="the patch it was trained on (train_anomaly.py --patch)")
     args = p.parse_args()
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = args.threads
-    session = ort.InferenceSession(args.onnx, opts, providers=["CPUExecutionProvider"])
-    k = max(1, int(round(args.volume_ml / (4.0**3 / 1000))))
+    session = window.session(args.onnx, args.threads)
+    k = data.voxels_in(args.volume_ml)
     for kind, cases in (("normal", data.load(args.normal, seeds=args.normal_seeds)), ("lesion", data.load(args.lesion))):
         for c in cases:
-            z = calibrate_anomaly.z_map(session, c)
+            z = calibrate_anomaly.z_map(session, c, args.patch)
             body = np.where(c.body != 0, z, -np.inf)
             hottest = np.sort(body.ravel())[-k:]
             at = np.unravel_index(int(np.argmax(body)), z.shape)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import data
+from anomaly_auroc import auroc
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENDORS = ["siemens", "ge", "philips-bqml", "philips-cnts"]
@@ -52,12 +53,6 @@ def case(binary, config, seed, normal, work):
     shutil.copy(os.path.join(study, "truth", "truth.json"), os.path.join(run_dir, "truth.json"))
     shutil.rmtree(study)
     return name, json.load(open(os.path.join(run_dir, "run.json")))
-
-
-def auroc(positive, negative):
-    """Probability that a random positive scores above a random negative (ties count half)."""
-    wins = sum((p > n) + 0.5 * (p == n) for p in positive for n in negative)
-    return wins / (len(positive) * len(negative))
 
 
 def main():

@@ -19,7 +19,6 @@ import torch
 import data
 import nets
 
-SPACING_MM = 4.0
 SIZE_MULTIPLE = 8  # 2 ** (levels - 1)
 
 
@@ -60,7 +59,7 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         f"sha256 = {toml_value(sha)}",
         'input_name = "input"',
         'output_name = "output"',
-        f"spacing_mm = {toml_value([SPACING_MM] * 3)}",
+        f"spacing_mm = {toml_value([data.SPACING_MM] * 3)}",
         f"patch_size = {toml_value([patch(ck)] * 3)}",
         f"size_multiple = {SIZE_MULTIPLE}",
         "overlap = 0.5",

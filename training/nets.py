@@ -85,6 +85,7 @@ class DualBranchAE(nn.Module):
         self.decoder = Decoder(widths, 2)
         # Start at a plausible body: mean 1 SUV, sigma about 0.8 SUV. From sigma 10 SUV Adam's
         # lr-sized steps need thousands of steps to bring the variance down.
+        # The second bias is the sigmoid's inverse at logvar -5 (see forward).
         with torch.no_grad():
             self.decoder.head.bias.copy_(torch.tensor([0.1, math.log((-5.0 - LOGVAR_MIN) / (LOGVAR_MAX + 5.0))]))
 

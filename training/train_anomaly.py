@@ -7,7 +7,7 @@ CT. The decoder predicts the mean and log-variance of the normalised SUV; the lo
 mean plus the Gaussian negative log-likelihood of the log-variance, weighted towards the hidden
 voxels.
 
-    train_anomaly.py --data var/training/normal --out var/training/anomaly.pt [--steps 1500]
+    train_anomaly.py --data var/training/normal --seeds 2000-2031 --out var/training/anomaly.pt --steps 1800
 """
 import argparse
 

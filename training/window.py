@@ -5,6 +5,14 @@ Input [C, D, H, W] normalised channels; output [K, D, H, W]."""
 import math
 
 import numpy as np
+import onnxruntime as ort
+
+
+def session(path, threads):
+    """An onnxruntime CPU session with `threads` intra-op threads."""
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
 def gaussian(patch, sigma_scale=0.125):
