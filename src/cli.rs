@@ -10,6 +10,21 @@ use crate::config::{Config, ConfigError};
 use crate::db::Db;
 use crate::infer::{InferError, Models};
 
+/// A failed write to standard output, kept apart so that a closed pipe (`petct-node jobs list |
+/// head`) ends the command quietly instead of panicking as `println!` does.
+#[derive(Debug, thiserror::Error)]
+#[error("writing to standard output: {0}")]
+pub struct StdoutError(pub std::io::Error);
+
+/// `println!` that returns a [`StdoutError`] instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout().lock(), $($arg)*).map_err($crate::cli::StdoutError)
+    }};
+}
+pub(crate) use say;
+
 #[derive(Parser)]
 #[command(name = "petct-node", version, about = "DICOM-native PET/CT AI node")]
 pub struct Cli {
@@ -119,6 +134,9 @@ pub fn main() -> ExitCode {
     init_logging();
     match run(cli) {
         Ok(code) => code,
+        Err(e) if e.downcast_ref::<StdoutError>().is_some_and(|s| s.0.kind() == std::io::ErrorKind::BrokenPipe) => {
+            ExitCode::SUCCESS
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -167,7 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(ExitCode::from(2))
             }
             Ok((s, Ok(models))) => {
-                println!(
+                say!(
                     "{}: OK (AE {} on {}, {} peer(s){}, storage {}, database {}, {} worker(s), destinations: {}, models: {})",
                     file.display(),
                     s.ae_title,
@@ -179,7 +197,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     s.worker.count,
                     destinations(&s.destinations),
                     describe_models(&models)
-                );
+                )?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(ConfigError::Invalid { path, problems }) => {
@@ -197,12 +215,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let rows = runtime()?
                 .block_on(async { open_db(&config.config).await?.list_studies().await.map_err(anyhow::Error::from) })?;
             if json {
-                println!("{}", serde_json::json!({ "studies": rows }));
+                say!("{}", serde_json::json!({ "studies": rows }))?;
             } else {
-                println!(
+                say!(
                     "{:<64}  {:<10}  {:<8}  SERIES (modality instances[/expected] state)",
-                    "STUDY UID", "DATE", "PATIENT"
-                );
+                    "STUDY UID",
+                    "DATE",
+                    "PATIENT"
+                )?;
                 for s in rows {
                     let series: Vec<String> = s
                         .series
@@ -218,13 +238,13 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                             )
                         })
                         .collect();
-                    println!(
+                    say!(
                         "{:<64}  {:<10}  {:<8}  {}",
                         s.study_uid,
                         s.study_date.unwrap_or_default(),
                         s.patient_id.unwrap_or_default(),
                         series.join(", ")
-                    );
+                    )?;
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -241,21 +261,22 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let options =
                 crate::pipeline::PipelineOptions { export_volumes, model_spacing_mm: model_spacing, ..options };
             let summary = crate::pipeline::run(&dir, &out, &options, &mut models)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            say!("{}", serde_json::to_string_pretty(&summary)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Inspect { dir, json } => {
             let report = crate::inspect::inspect(&dir)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&report)?);
+                say!("{}", serde_json::to_string_pretty(&report)?)?;
             } else {
-                print_inspection(&report);
+                print_inspection(&report)?;
             }
             Ok(ExitCode::SUCCESS)
         }
         Command::Evaluate(args) => match crate::evaluate::run(&args) {
             Ok(text) => {
-                print!("{text}");
+                use std::io::Write as _;
+                std::io::stdout().lock().write_all(text.as_bytes()).map_err(StdoutError)?;
                 Ok(ExitCode::SUCCESS)
             }
             Err(e) if e.is_input() => {
@@ -270,16 +291,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Phantom(args) => {
             let summary = crate::phantom::run(&args)?;
-            println!("{}", serde_json::to_string_pretty(&summary)?);
+            say!("{}", serde_json::to_string_pretty(&summary)?)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Jobs { action: JobsAction::List { config, json } } => {
             let rows = runtime()?
                 .block_on(async { open_db(&config.config).await?.list_jobs().await.map_err(anyhow::Error::from) })?;
             if json {
-                println!("{}", serde_json::json!({ "jobs": rows }));
+                say!("{}", serde_json::json!({ "jobs": rows }))?;
             } else {
-                print_jobs(&rows);
+                print_jobs(&rows)?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -289,9 +310,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 open_db(&config.config).await?.retry_job(id, crate::ingest::now_ms()).await.map_err(anyhow::Error::from)
             })?;
             match outcome {
-                RetryOutcome::Requeued => println!("job {id} queued again"),
+                RetryOutcome::Requeued => say!("job {id} queued again")?,
                 RetryOutcome::Redelivering { destinations } => {
-                    println!("job {id}: delivery to {destinations} destination(s) queued again")
+                    say!("job {id}: delivery to {destinations} destination(s) queued again")?
                 }
                 RetryOutcome::NotFound => anyhow::bail!("no job {id}"),
                 RetryOutcome::NotRetryable { state } => {
@@ -303,11 +324,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn print_jobs(rows: &[crate::db::JobRow]) {
-    println!(
+fn print_jobs(rows: &[crate::db::JobRow]) -> Result<(), StdoutError> {
+    say!(
         "{:>5}  {:<10}  {:<8}  {:<3}  {:<20}  {:<20}  {:<8}  DELIVERIES / PET SERIES -> CT SERIES",
-        "ID", "STATE", "STAGE", "TRY", "CREATED", "FINISHED", "REG"
-    );
+        "ID",
+        "STATE",
+        "STAGE",
+        "TRY",
+        "CREATED",
+        "FINISHED",
+        "REG"
+    )?;
     for j in rows {
         let deliveries: Vec<String> = j
             .deliveries
@@ -322,7 +349,7 @@ fn print_jobs(rows: &[crate::db::JobRow]) {
                 format!("{}: {} (tries {}{retry}{error})", d.destination, d.state, d.attempts)
             })
             .collect();
-        println!(
+        say!(
             "{:>5}  {:<10}  {:<8}  {:<3}  {:<20}  {:<20}  {:<8}  {}{} -> {}{}",
             j.id,
             j.state,
@@ -335,36 +362,38 @@ fn print_jobs(rows: &[crate::db::JobRow]) {
             j.pet_series_uid,
             j.ct_series_uid,
             j.last_error.as_ref().map(|e| format!("  error: {e}")).unwrap_or_default()
-        );
+        )?;
     }
+    Ok(())
 }
 
-fn print_inspection(report: &crate::inspect::Report) {
+fn print_inspection(report: &crate::inspect::Report) -> Result<(), StdoutError> {
     for s in &report.series {
         let dims = s.dims.map(|d| format!("{}x{}x{}", d[0], d[1], d[2])).unwrap_or_else(|| "-".into());
         let spacing =
             s.spacing_mm.map(|v| format!("{:.3}x{:.3}x{:.3} mm", v[0], v[1], v[2])).unwrap_or_else(|| "-".into());
-        println!(
+        say!(
             "{} {:<3} {:>5} instances  {dims:<12} {spacing:<24} {}",
             s.series_instance_uid,
             s.modality,
             s.instances,
             if s.complete { "complete" } else { "INCOMPLETE" }
-        );
+        )?;
         if let Some(d) = s.direction {
-            println!("    orientation row {:?} col {:?} normal {:?}", d[0], d[1], d[2]);
+            say!("    orientation row {:?} col {:?} normal {:?}", d[0], d[1], d[2])?;
         }
         if let Some(ct) = &s.paired_ct_series_uid {
             let how = if s.needs_registration == Some(true) { "needs registration" } else { "same frame of reference" };
-            println!("    paired with CT {ct} ({how})");
+            say!("    paired with CT {ct} ({how})")?;
         }
         for w in &s.warnings {
-            println!("    warning: {w}");
+            say!("    warning: {w}")?;
         }
     }
     for f in &report.skipped_files {
-        println!("skipped {f}");
+        say!("skipped {f}")?;
     }
+    Ok(())
 }
 
 async fn open_db(config: &Path) -> anyhow::Result<Db> {

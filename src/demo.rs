@@ -12,6 +12,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::cli::{StdoutError, say};
 use crate::config::Config;
 use crate::db::{Db, JobRow};
 use crate::dimse::scu::{ScuSettings, store_files};
@@ -95,7 +96,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let models = models_toml(args)?;
     let findings = runtime.block_on(serve_and_process(&dir, &study_dir, &models))?;
-    print_findings(&findings.0, &findings.1, &dir, started.elapsed());
+    print_findings(&findings.0, &findings.1, &dir, started.elapsed())?;
     runtime.shutdown_timeout(Duration::from_secs(1));
     Ok(())
 }
@@ -278,15 +279,21 @@ async fn watch_job(db: &Db) -> anyhow::Result<JobRow> {
     }
 }
 
-fn print_findings(findings: &Findings, job: &JobRow, dir: &Path, elapsed: Duration) {
+fn print_findings(findings: &Findings, job: &JobRow, dir: &Path, elapsed: Duration) -> Result<(), StdoutError> {
     step(5, &format!("done in {:.1} s", elapsed.as_secs_f64()));
-    println!(
+    say!(
         "{:>3}  {:>8}  {:>8}  {:>8}  {:>9}  {:>9}  {:<16}  FOUND BY",
-        "#", "SUVmax", "SUVpeak", "SUVmean", "MTV mL", "TLG g", "CENTRE (LPS mm)"
-    );
+        "#",
+        "SUVmax",
+        "SUVpeak",
+        "SUVmean",
+        "MTV mL",
+        "TLG g",
+        "CENTRE (LPS mm)"
+    )?;
     for l in &findings.lesions {
         let centre = format!("{:.0}, {:.0}, {:.0}", l.centroid_mm[0], l.centroid_mm[1], l.centroid_mm[2]);
-        println!(
+        say!(
             "{:>3}  {:>8.2}  {:>8.2}  {:>8.2}  {:>9.2}  {:>9.1}  {:<16}  {}",
             l.label,
             l.suv_max,
@@ -296,17 +303,19 @@ fn print_findings(findings: &Findings, job: &JobRow, dir: &Path, elapsed: Durati
             l.tlg,
             centre,
             l.detected_by.join(", ")
-        );
+        )?;
     }
-    println!(
+    say!(
         "{} lesion(s), total MTV {:.1} mL, total TLG {:.1} g",
-        findings.lesion_count, findings.total_mtv_ml, findings.total_tlg
-    );
+        findings.lesion_count,
+        findings.total_mtv_ml,
+        findings.total_tlg
+    )?;
     if let Some(score) = findings.anomaly_score {
-        println!("study abnormality score (anomaly detector): {score:.3}");
+        say!("study abnormality score (anomaly detector): {score:.3}")?;
     }
     let job_dir = dir.join("node").join(crate::worker::job_dir(job.id));
-    println!("MIP preview: {}", job_dir.join("mip.png").display());
-    println!("results received by the destination: {}", dir.join("received").join("dicom").display());
-    println!("ground truth of the phantom: {}", dir.join("study/truth/truth.json").display());
+    say!("MIP preview: {}", job_dir.join("mip.png").display())?;
+    say!("results received by the destination: {}", dir.join("received").join("dicom").display())?;
+    say!("ground truth of the phantom: {}", dir.join("study/truth/truth.json").display())
 }

@@ -389,6 +389,19 @@ fn check_config_names_the_offending_key() {
 }
 
 #[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    // `petct-node ... | head`: the reader is gone before the command writes, so every write
+    // gets EPIPE (Rust ignores SIGPIPE); println! would panic with a backtrace.
+    let good = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/example.toml");
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(bin()).args(["check-config"]).arg(&good).stdout(writer).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {err}", out.status);
+    assert!(!err.contains("panicked") && err.is_empty(), "{err}");
+}
+
+#[test]
 fn structured_reports_are_stored_but_never_paired() {
     require_tool("storescu");
     let mut opts = NodeOptions::new(Backend::Sqlite);
