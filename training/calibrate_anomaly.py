@@ -16,10 +16,18 @@ import data
 import window
 
 
-def z_map(session, case, patch, threshold=data.MASK_THRESHOLD_SUV):
+def reconstruct(session, case, patch, threshold=data.MASK_THRESHOLD_SUV):
+    """The detector's mean and log-variance of the normalised SUV, by sliding window as the node."""
     x = data.anomaly_inputs(case.suv, case.ct, case.suv > threshold)
-    out = window.infer(session, x, patch=(patch,) * 3, pad_values=data.air_values(data.ANOMALY_CHANNELS))
+    return window.infer(session, x, patch=(patch,) * 3, pad_values=data.air_values(data.ANOMALY_CHANNELS))
+
+
+def z_of(case, out):
     return (data.normalise("suv", case.suv) - out[0]) * np.exp(-out[1] / 2)
+
+
+def z_map(session, case, patch):
+    return z_of(case, reconstruct(session, case, patch))
 
 
 def score(z, body, z_low, z_high, volume_ml):

@@ -9,6 +9,9 @@ import SimpleITK as sitk
 
 # Voxels above this SUV are hidden from the anomaly detector (its manifest's mask_threshold_suv).
 MASK_THRESHOLD_SUV = 2.5
+# A hot voxel below this CT number is urine, for the training log and the diagnostic (bladder
+# 6 HU, lesions 20 HU and up).
+FLUID_HU = 18.0
 
 # The manifests' [[inputs]]: channel -> (source, clip, offset, scale); the node applies the same.
 CHANNELS = {

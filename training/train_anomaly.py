@@ -7,12 +7,13 @@ CT. The decoder predicts the mean and log-variance of the normalised SUV; the lo
 mean plus the Gaussian negative log-likelihood of the log-variance, weighted towards the hidden
 voxels.
 
-    train_anomaly.py --data var/training/normal --seeds 2000-2031 --out var/training/anomaly.pt --steps 1800
+    train_anomaly.py --data var/training/normal --seeds 2000-2031 --out var/training/anomaly.pt --steps 2200
 """
 import argparse
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 import data
 import loop
@@ -48,15 +49,38 @@ def hide_spheres(mask, body, rng):
 
 
 # Voxel kinds of a training patch, for the loss weights and the log line.
-OUTSIDE, BODY, BLOB, HOT = 0, 1, 2, 3
+OUTSIDE, BODY, BLOB, HOT, URINE = 0, 1, 2, 3, 4
 
 
-def batch(cases, rng, size, n, hot_balance):
+def hot_organs(case, min_voxels=64):
+    """The voxels of each hot region of a study (connected, above the mask threshold, in the body,
+    at least 4 mL: brain, heart, kidneys, bladder and a few hot vessels or glands, not noise)."""
+    labels, n = ndimage.label((case.suv > data.MASK_THRESHOLD_SUV) & (case.body != 0))
+    order = np.argsort(labels, axis=None, kind="stable")
+    starts = np.searchsorted(labels.ravel()[order], np.arange(1, n + 2))
+    regions = [np.column_stack(np.unravel_index(order[a:b], labels.shape)) for a, b in zip(starts[:-1], starts[1:])]
+    return [r for r in regions if len(r) >= min_voxels]
+
+
+def patch_centre(case, organs, rng, hot_centre):
+    """A body voxel, or with probability `hot_centre` a voxel of one of the study's hot regions
+    chosen with weight sqrt(size). Centred anywhere, a patch holds the brain (20 000 voxels) far
+    more often than the bladder (2 000-10 000), whose SUV (17-24, varying per study) the detector
+    has to learn from the CT and the pelvis around it."""
+    if organs and rng.random() < hot_centre:
+        weights = np.sqrt([len(r) for r in organs])
+        voxels = organs[rng.choice(len(organs), p=weights / weights.sum())]
+        return voxels[rng.integers(len(voxels))]
+    return case.body_voxels[rng.integers(len(case.body_voxels))]
+
+
+def batch(cases, organs, rng, size, n, hot_balance, hot_centre):
     """Inputs, targets, loss weights and voxel kinds of `n` random patches."""
     xs, ys, ws, kinds = [], [], [], []
     for _ in range(n):
-        case = cases[rng.integers(len(cases))]
-        centre = case.body_voxels[rng.integers(len(case.body_voxels))]
+        i = rng.integers(len(cases))
+        case = cases[i]
+        centre = patch_centre(case, organs[i], rng, hot_centre)
         suv = data.crop(case.suv, centre, size, 0.0)
         ct = data.crop(case.ct, centre, size, -1000.0)
         body = data.crop(case.body, centre, size, 0)
@@ -71,7 +95,9 @@ def batch(cases, rng, size, n, hot_balance):
         n_hot, n_blob = int((kind == HOT).sum()), int((kind == BLOB).sum())
         w_hot = min(1.0, hot_balance * n_blob / n_hot) if n_hot and hot_balance > 0 else 1.0
         ws.append(np.array([0.01, 0.1, 1.0, w_hot], dtype=np.float32)[kind][None])
-        kinds.append(kind[None])
+        # Urine (hot and of fluid density: bladder, renal pelvis) is logged apart from the other
+        # hot organs; the kind is only for the log line and weighs as HOT.
+        kinds.append(np.where((kind == HOT) & (ct < data.FLUID_HU), URINE, kind)[None])
     return [torch.from_numpy(np.stack(a)) for a in (xs, ys, ws, kinds)]
 
 
@@ -92,15 +118,18 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--hot-balance", type=float, default=2.0,
                    help="hot organs weigh at most this many times a patch's hidden normal tissue (0: no limit)")
+    p.add_argument("--hot-centre", type=float, default=0.5,
+                   help="the fraction of patches centred in a hot region, each region equally often")
     loop.add_args(p)
     args = p.parse_args()
     rng = loop.seeded(args)
     cases = data.load(args.data, seeds=args.seeds)
-    print(f"{len(cases)} normal studies", flush=True)
+    organs = [hot_organs(c) for c in cases]
+    print(f"{len(cases)} normal studies, {sum(map(len, organs))} hot regions", flush=True)
     size = (args.patch,) * 3
 
     def step(net, report):
-        x, y, w, kind = batch(cases, rng, size, args.batch, args.hot_balance)
+        x, y, w, kind = batch(cases, organs, rng, size, args.batch, args.hot_balance, args.hot_centre)
         out = net(x)
         if not report:
             return loss_fn(out, y, w), ""
@@ -109,7 +138,7 @@ def main():
         with torch.no_grad():
             sigma = 10 * torch.exp(0.5 * out[:, 1:2])
             resid = 10 * (y - out[:, 0:1]).abs()
-            groups = (("hot", kind == HOT), ("blobs", kind == BLOB), ("body", kind == BODY))
+            groups = (("urine", kind == URINE), ("hot", kind == HOT), ("blobs", kind == BLOB), ("body", kind == BODY))
             text = " ".join(f"{n} sigma {sigma[m].median():.2f} |r| {resid[m].median():.2f}"
                             for n, m in groups if m.any())
         return loss_fn(out, y, w), text
