@@ -41,7 +41,8 @@ def main():
     p.add_argument("--data", required=True, help="normal studies (make_data.py --normal)")
     p.add_argument("--cases", required=True, help="seeds to calibrate on, e.g. 2032-2039")
     p.add_argument("--low", type=float, default=0.999)
-    p.add_argument("--high", type=float, default=0.99999)
+    p.add_argument("--high", type=float, default=0.99999,
+                   help="quantile of the normal body z for z_high; 1.0 (their maximum) keeps normal study scores below 1")
     p.add_argument("--score-volume-ml", type=float, default=1.0)
     p.add_argument("--check", nargs="*", default=[], help="case roots to print scores for")
     p.add_argument("--threads", type=int, default=2)
