@@ -65,7 +65,7 @@ def hot_organs(case, min_voxels=64):
 def patch_centre(case, organs, rng, hot_centre):
     """A body voxel, or with probability `hot_centre` a voxel of one of the study's hot regions
     chosen with weight sqrt(size). Centred anywhere, a patch holds the brain (20 000 voxels) far
-    more often than the bladder (2 000-10 000), whose SUV (17-24, varying per study) the detector
+    more often than the bladder (2 000-10 000), whose SUV (10-36, varying per study) the detector
     has to learn from the CT and the pelvis around it."""
     if organs and rng.random() < hot_centre:
         weights = np.sqrt([len(r) for r in organs])

@@ -451,12 +451,11 @@ impl<'a> Metric<'a> {
     /// are reproducible.
     fn accumulate<A: Send>(
         &self,
-        p: &Params,
+        m: &IndexMap,
         zero: impl Fn() -> A + Sync,
         per_sample: impl Fn(&mut A, &Sample, [f64; 3]) + Sync,
         add: impl Fn(&mut A, A),
     ) -> A {
-        let m = self.index_map(p);
         let partials: Vec<A> = self
             .samples
             .par_chunks(CHUNK)
@@ -478,11 +477,11 @@ impl<'a> Metric<'a> {
         total
     }
 
-    fn joint_histogram(&self, p: &Params) -> (Vec<f64>, usize) {
+    fn joint_histogram(&self, m: &IndexMap) -> (Vec<f64>, usize) {
         let g = self.moving.geometry();
         let bins = self.bins;
         self.accumulate(
-            p,
+            m,
             || (vec![0f64; bins * bins], 0usize),
             |(joint, inside), s, idx| {
                 let Some(v) = trilinear(self.moving.data(), g.dims, idx) else { return };
@@ -503,7 +502,7 @@ impl<'a> Metric<'a> {
     }
 
     fn evaluate(&self, p: &Params) -> Value {
-        let (joint, inside) = self.joint_histogram(p);
+        let (joint, inside) = self.joint_histogram(&self.index_map(p));
         Value { mi: mutual_information(&joint, self.bins), inside }
     }
 
@@ -513,7 +512,8 @@ impl<'a> Metric<'a> {
     /// B-spline's derivative times dv/dq, dv/dq from the moving image's gradient and the
     /// transform's Jacobian.
     fn gradient(&self, p: &Params, scale: &[f64; 3]) -> [f64; 6] {
-        let (joint, inside) = self.joint_histogram(p);
+        let m = self.index_map(p);
+        let (joint, inside) = self.joint_histogram(&m);
         let bins = self.bins;
         let mut pm = vec![0f64; bins];
         for row in joint.chunks_exact(bins) {
@@ -524,12 +524,11 @@ impl<'a> Metric<'a> {
             .enumerate()
             .map(|(i, &j)| if j > 0.0 { (j / pm[i % bins]).ln() as f32 } else { 0.0 })
             .collect();
-        let m = self.index_map(p);
         let g = self.moving.geometry();
         // Per sample c = dMI/dv, summed as c * (patient gradient) for the translation and as the
         // outer product c * gradient x rel for the rotations: 12 numbers, whatever the sample count.
         let (dt, outer) = self.accumulate(
-            p,
+            &m,
             || ([0f64; 3], [[0f64; 3]; 3]),
             |(dt, outer), s, idx| {
                 let Some((v, gi)) = trilinear_with_gradient(self.moving.data(), g.dims, idx) else { return };
@@ -627,22 +626,22 @@ fn mutual_information(joint: &[f64], bins: usize) -> f64 {
 
 /// Trilinear value at a continuous index, `None` outside the voxel centres' hull.
 fn trilinear(data: &[f32], dims: [usize; 3], idx: [f64; 3]) -> Option<f32> {
-    let [mx, my, mz] = dims;
-    let [x, y, z] = idx;
-    if !(x >= 0.0 && y >= 0.0 && z >= 0.0 && x <= (mx - 1) as f64 && y <= (my - 1) as f64 && z <= (mz - 1) as f64) {
-        return None;
-    }
-    Some(super::interpolate(data, dims, idx))
+    in_hull(dims, idx).then(|| super::interpolate(data, dims, idx))
+}
+
+/// Whether a continuous index lies within the voxel centres' hull.
+fn in_hull(dims: [usize; 3], idx: [f64; 3]) -> bool {
+    (0..3).all(|a| idx[a] >= 0.0 && idx[a] <= (dims[a] - 1) as f64)
 }
 
 /// Trilinear value and its gradient along the three index axes (of the same interpolant as
 /// [`trilinear`]), `None` outside the voxel centres' hull.
 fn trilinear_with_gradient(data: &[f32], dims: [usize; 3], idx: [f64; 3]) -> Option<(f32, [f32; 3])> {
-    let [mx, my, mz] = dims;
-    let [x, y, z] = idx;
-    if !(x >= 0.0 && y >= 0.0 && z >= 0.0 && x <= (mx - 1) as f64 && y <= (my - 1) as f64 && z <= (mz - 1) as f64) {
+    if !in_hull(dims, idx) {
         return None;
     }
+    let [mx, my, mz] = dims;
+    let [x, y, z] = idx;
     let (x0, y0, z0) = (x.floor() as usize, y.floor() as usize, z.floor() as usize);
     let (x1, y1, z1) = ((x0 + 1).min(mx - 1), (y0 + 1).min(my - 1), (z0 + 1).min(mz - 1));
     let (fx, fy, fz) = ((x - x0 as f64) as f32, (y - y0 as f64) as f32, (z - z0 as f64) as f32);
