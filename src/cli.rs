@@ -164,8 +164,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let settings = Config::load(&c.config)?;
             let rt = runtime()?;
             let served = rt.block_on(crate::server::serve(settings));
-            // A pipeline thread of a handed-back job must not hold the exit.
-            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            // `serve` returns once every association and worker has ended, so what may still run
+            // is the pipeline thread of a handed-back job: waiting for it would break the
+            // deadline, and its next try starts from a fresh folder.
+            rt.shutdown_background();
             served?;
             Ok(ExitCode::SUCCESS)
         }

@@ -151,6 +151,8 @@ pub struct NodeOptions {
     pub min_free_mb: u64,
     pub max_instance_bytes: u64,
     pub max_associations: usize,
+    /// `shutdown.deadline_s`: workers hand a running job back at three quarters of it.
+    pub shutdown_deadline_s: f64,
     /// Body of the `[worker]` table. Default: no workers, so jobs stay queued for inspection.
     pub worker: String,
     /// TOML appended to the configuration (`[delivery]`, `[[destinations]]`, ...).
@@ -167,6 +169,7 @@ impl NodeOptions {
             min_free_mb: 1,
             max_instance_bytes: 64 << 20,
             max_associations: 32,
+            shutdown_deadline_s: 10.0,
             worker: "count = 0\n".into(),
             extra_toml: String::new(),
         }
@@ -201,7 +204,7 @@ impl Node {
                 "[node]\nae_title = \"PETCT_NODE\"\nbind = \"127.0.0.1:0\"\nallow_any_caller = {}\n\n{peers}\n\
                  [storage]\ndir = \"{}\"\nmin_free_mb = {}\n\n[database]\nurl = \"{}\"\n\n\
                  [series]\nct_quiet_period_s = {}\n\n[limits]\nmax_instance_bytes = {}\nmax_associations = {}\n\n\
-                 [shutdown]\ndeadline_s = 10\n\n[worker]\n{}\n{}\n",
+                 [shutdown]\ndeadline_s = {}\n\n[worker]\n{}\n{}\n",
                 opts.allow_any_caller,
                 dir.path().join("store").display(),
                 opts.min_free_mb,
@@ -209,6 +212,7 @@ impl Node {
                 opts.quiet_period_s,
                 opts.max_instance_bytes,
                 opts.max_associations,
+                opts.shutdown_deadline_s,
                 opts.worker,
                 opts.extra_toml,
             ),
