@@ -1,14 +1,20 @@
 """Calibrates the anomaly detector's residual on lesion-free studies that it was not trained on:
 z = (x - mean) * exp(-logvar / 2) inside the body, with the hidden (above-threshold) voxels
 reconstructed from their surroundings. z_low is the `--low` quantile of the body voxels' z in
-these normal studies, z_high the `--high` quantile; p = clamp((z - z_low) / (z_high - z_low)).
-Prints the calibration as JSON (export_model.py --calibration reads it) and, with --check DIR,
-the study scores of other studies for a look at the separation.
+these normal studies, z_high lies `--margin` times as far above z_low as their `--high`
+quantile; p = clamp((z - z_low) / (z_high - z_low)). A margin above 1 leaves headroom for
+normal studies hotter than the calibration ones, so that their score does not saturate at 1 and
+tie with the lesion studies. Prints the calibration as JSON (export_model.py --calibration reads
+it) and, with --check DIR, the study scores of other studies for a look at the separation; with
+--manifest it also writes the calibration into an exported model's manifest.
 
-    calibrate_anomaly.py --onnx models/anomaly-ae.onnx --data var/training/normal --cases 2032-2039
+    calibrate_anomaly.py --onnx models/anomaly-ae.onnx --data var/training/normal --cases 2032-2063 \
+        --high 1.0 --margin 1.5 [--manifest models/anomaly-ae.model.toml]
 """
 import argparse
 import json
+import re
+import sys
 
 import numpy as np
 
@@ -30,9 +36,31 @@ def z_map(session, case, patch):
     return z_of(case, reconstruct(session, case, patch))
 
 
+def top_mean(values, volume_ml):
+    """The mean of the largest values over `volume_ml` of the model grid."""
+    return float(np.sort(values)[-data.voxels_in(volume_ml):].mean())
+
+
 def score(z, body, z_low, z_high, volume_ml):
-    p = np.clip((z[body != 0] - z_low) / (z_high - z_low), 0, 1)
-    return float(np.sort(p)[-data.voxels_in(volume_ml):].mean())
+    return top_mean(np.clip((z[body != 0] - z_low) / (z_high - z_low), 0, 1), volume_ml)
+
+
+def hottest_z(z, body, volume_ml):
+    """The mean z of the body's hottest `volume_ml`: where a study's score comes from."""
+    return top_mean(z[body != 0], volume_ml)
+
+
+def write_manifest(path, cal, command):
+    """Replaces the [anomaly] calibration values and the calibration command of the description."""
+    text = open(path).read()
+    for key in ("z_low", "z_high", "score_volume_ml"):
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {cal[key]!r}", text)
+        if n != 1:
+            raise SystemExit(f"{path}: expected one `{key} = ` line, found {n}")
+    text, n = re.subn(r"calibrate_anomaly\.py [^;(\"]*", command + " ", text)
+    if n == 0:
+        raise SystemExit(f"{path}: the description names no calibrate_anomaly.py command to replace")
+    open(path, "w").write(text)
 
 
 def main():
@@ -43,6 +71,9 @@ def main():
     p.add_argument("--low", type=float, default=0.999)
     p.add_argument("--high", type=float, default=0.99999,
                    help="quantile of the normal body z for z_high; 1.0 (their maximum) keeps normal study scores below 1")
+    p.add_argument("--margin", type=float, default=1.0,
+                   help="z_high = z_low + margin * (the --high quantile - z_low)")
+    p.add_argument("--manifest", help="an exported model's manifest to write the calibration into")
     p.add_argument("--score-volume-ml", type=float, default=1.0)
     p.add_argument("--check", nargs="*", default=[], help="case roots to print scores for")
     p.add_argument("--threads", type=int, default=2)
@@ -53,15 +84,26 @@ def main():
     cases = data.load(args.data, seeds=args.cases)
     zs = [z_map(session, c, args.patch) for c in cases]
     body_z = np.concatenate([z[c.body != 0] for z, c in zip(zs, cases)])
-    z_low, z_high = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
+    z_low, quantile = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
+    z_high = z_low + args.margin * (quantile - z_low)
     cal = {"z_low": z_low, "z_high": z_high, "score_volume_ml": args.score_volume_ml,
            "calibration_seeds": sorted(wanted), "voxels": int(body_z.size),
-           "normal_scores": [score(z, c.body, z_low, z_high, args.score_volume_ml) for z, c in zip(zs, cases)]}
+           "normal_hottest_z": {c.meta["seed"]: hottest_z(z, c.body, args.score_volume_ml) for z, c in zip(zs, cases)},
+           "normal_scores": {c.meta["seed"]: score(z, c.body, z_low, z_high, args.score_volume_ml)
+                             for z, c in zip(zs, cases)}}
     for root in args.check:
         cal.setdefault("check", {})[root] = {
             c.meta["seed"]: score(z_map(session, c, args.patch), c.body, z_low, z_high, args.score_volume_ml)
             for c in data.load(root)}
     print(json.dumps(cal, indent=1))
+    if args.manifest:
+        argv, kept = iter(sys.argv[1:]), []
+        for a in argv:
+            if a == "--manifest":
+                next(argv)
+            elif not a.startswith("--manifest="):
+                kept.append(a)
+        write_manifest(args.manifest, cal, " ".join(["calibrate_anomaly.py"] + kept))
 
 
 if __name__ == "__main__":
