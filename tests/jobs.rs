@@ -707,8 +707,8 @@ fn scu_stores_phantom_instances_in_storescp_orthanc_and_our_scp() {
 
 /// Orthanc as the PACS at both ends: it pushes a phantom study to the node as auto-routing
 /// does, and is the node's destination; every object the job produced is then in Orthanc.
-/// With `models`, the fixture models of the infer stage run too, beside the classical baseline.
-fn orthanc_round_trip(backend: Backend, test_name: &str, models: bool) {
+/// With `models`, learned models run too, beside the classical baseline.
+fn orthanc_round_trip(backend: Backend, test_name: &str, models: Option<Models>) {
     if !in_private_network(test_name) {
         return;
     }
@@ -721,7 +721,7 @@ fn orthanc_round_trip(backend: Backend, test_name: &str, models: bool) {
         "{FAST_DELIVERY}\n[[destinations]]\nname = \"orthanc\"\nae_title = \"ORTHANC\"\n\
          host = \"127.0.0.1\"\nport = {}\n{}",
         orthanc.dicom_port,
-        if models { fixture_models_toml() } else { String::new() }
+        models.map_or(String::new(), models_toml)
     );
     let node = Node::start(opts);
     let modality = serde_json::json!(["PETCT_NODE", "127.0.0.1", node.port]).to_string();
@@ -768,32 +768,72 @@ fn orthanc_round_trip(backend: Backend, test_name: &str, models: bool) {
         .collect();
     modalities.sort();
     assert_eq!(modalities, ["CT", "OT", "PT", "SEG", "SR"]);
-    if models {
-        check_model_results(&job_dir(&node, job));
+    if let Some(models) = models {
+        check_model_results(&job_dir(&node, job), models);
     }
 }
 
-/// The infer stage's fixture models (tests/py/make_test_models.py: an anomaly model and two
-/// segmentation models, one fed by its prior) beside the classical baseline, on the library
-/// scripts/test.sh fetched.
-fn fixture_models_toml() -> String {
-    let dir = test_models().join("pipeline");
+/// The learned models of a round trip.
+#[derive(Clone, Copy)]
+enum Models {
+    /// The infer stage's fixtures (tests/py/make_test_models.py): an anomaly model and two
+    /// segmentation models, one fed by its prior, with hand-set weights.
+    Fixtures,
+    /// The trained models that ship in `models/` (training/README.md).
+    Shipped,
+}
+
+impl Models {
+    /// The anomaly model first, then the segmentation models in their SEG segments' order.
+    fn manifests(self) -> Vec<PathBuf> {
+        match self {
+            Models::Fixtures => ["fixture-anomaly", "fixture-sensitive", "fixture-prior"]
+                .iter()
+                .map(|n| test_models().join("pipeline").join(format!("{n}.model.toml")))
+                .collect(),
+            Models::Shipped => {
+                // Every manifest in models/ by name, as `demo --models models` runs them:
+                // anomaly-ae, then the seg-* models.
+                let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("models");
+                let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+                    .unwrap()
+                    .map(|e| e.unwrap().path())
+                    .filter(|p| p.to_str().unwrap().ends_with(".model.toml"))
+                    .collect();
+                found.sort();
+                assert!(found[0].ends_with("anomaly-ae.model.toml") && found.len() > 1, "{found:?}");
+                found
+            }
+        }
+    }
+
+    fn segmentation_names(self) -> Vec<String> {
+        self.manifests()[1..]
+            .iter()
+            .map(|m| m.file_name().unwrap().to_str().unwrap().trim_end_matches(".model.toml").to_string())
+            .collect()
+    }
+}
+
+/// The models beside the classical baseline, on the library scripts/test.sh fetched.
+fn models_toml(models: Models) -> String {
     let mut toml =
         format!("[inference]\nlibrary = {:?}\nthreads = 2\n[segmentation]\nclassical = \"always\"\n", ort_library());
-    for name in ["fixture-anomaly", "fixture-sensitive", "fixture-prior"] {
-        toml.push_str(&format!("[[models]]\nmanifest = {:?}\n", dir.join(format!("{name}.model.toml"))));
+    for manifest in models.manifests() {
+        toml.push_str(&format!("[[models]]\nmanifest = {manifest:?}\n"));
     }
     toml
 }
 
 /// One SEG segment per segmentation model and one for the classical method, an anomaly score,
 /// lesions saying which methods found them, and SEG and SR valid for dciodvfy.
-fn check_model_results(dir: &Path) {
+fn check_model_results(dir: &Path, models: Models) {
     for name in ["seg.dcm", "sr.dcm"] {
         let errors = dciodvfy_errors(&dir.join(name));
         assert!(errors.is_empty(), "{name}: {errors:#?}");
     }
-    let methods = ["fixture-sensitive", "fixture-prior", "classical"];
+    let mut methods = models.segmentation_names();
+    methods.push("classical".into());
     let seg = dicom_object::open_file(dir.join("seg.dcm")).unwrap();
     let labels: Vec<String> = seg
         .get(dicom_dictionary_std::tags::SEGMENT_SEQUENCE)
@@ -805,39 +845,49 @@ fn check_model_results(dir: &Path) {
     let want: Vec<String> = methods.iter().map(|m| format!("Lesions ({m})")).collect();
     assert_eq!(labels, want);
     let findings: Value = serde_json::from_slice(&std::fs::read(dir.join("findings.json")).unwrap()).unwrap();
-    // The phantom has lesions far above SUV 7, where the fixture's probability is 1.
     let score = findings["anomaly_score"].as_f64().expect("an anomaly score");
-    assert!(score > 0.9 && score <= 1.0, "{score}");
+    assert!((0.0..=1.0).contains(&score), "{score}");
     let lesions = findings["lesions"].as_array().unwrap();
     let found_by =
         |m: &str| lesions.iter().filter(|l| l["detected_by"].as_array().unwrap().iter().any(|b| b == m)).count();
     for lesion in lesions {
         let by = lesion["detected_by"].as_array().unwrap();
-        assert!(!by.is_empty() && by.iter().all(|m| methods.contains(&m.as_str().unwrap())), "{lesion}");
+        assert!(!by.is_empty() && by.iter().all(|m| methods.iter().any(|n| n == m)), "{lesion}");
     }
-    // Every method found something; the prior-fed model (SUV above 5) no more than the SUV 2.5 one.
+    // Every method found something.
     let counts: Vec<usize> = methods.iter().map(|m| found_by(m)).collect();
-    assert!(counts.iter().all(|&c| c > 0) && counts[1] <= counts[0], "{counts:?}");
+    assert!(counts.iter().all(|&c| c > 0), "{methods:?}: {counts:?}");
+    if let Models::Fixtures = models {
+        // The fixture's probability is 1 far above SUV 7, and the phantom's lesions are.
+        assert!(score > 0.9, "{score}");
+        // The prior-fed fixture (SUV above 5) finds no more than the SUV 2.5 one.
+        assert!(counts[1] <= counts[0], "{counts:?}");
+    }
     let run: Value = serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["segments"], serde_json::json!(methods), "{run}");
 }
 
 #[test]
 fn orthanc_pushes_a_study_and_receives_the_results_sqlite() {
-    orthanc_round_trip(Backend::Sqlite, "orthanc_pushes_a_study_and_receives_the_results_sqlite", false);
+    orthanc_round_trip(Backend::Sqlite, "orthanc_pushes_a_study_and_receives_the_results_sqlite", None);
 }
 
 #[test]
 fn orthanc_pushes_a_study_and_receives_the_results_postgres() {
-    orthanc_round_trip(Backend::Postgres, "orthanc_pushes_a_study_and_receives_the_results_postgres", false);
+    orthanc_round_trip(Backend::Postgres, "orthanc_pushes_a_study_and_receives_the_results_postgres", None);
 }
 
 #[test]
 fn orthanc_gets_the_model_results_sqlite() {
-    orthanc_round_trip(Backend::Sqlite, "orthanc_gets_the_model_results_sqlite", true);
+    orthanc_round_trip(Backend::Sqlite, "orthanc_gets_the_model_results_sqlite", Some(Models::Fixtures));
 }
 
 #[test]
 fn orthanc_gets_the_model_results_postgres() {
-    orthanc_round_trip(Backend::Postgres, "orthanc_gets_the_model_results_postgres", true);
+    orthanc_round_trip(Backend::Postgres, "orthanc_gets_the_model_results_postgres", Some(Models::Fixtures));
+}
+
+#[test]
+fn orthanc_gets_the_shipped_models_results_sqlite() {
+    orthanc_round_trip(Backend::Sqlite, "orthanc_gets_the_shipped_models_results_sqlite", Some(Models::Shipped));
 }

@@ -71,7 +71,8 @@ class Case:
         self.labels = {}
         for f in glob.glob(os.path.join(folder, "labels", "*.nii.gz")):
             self.labels[os.path.basename(f)[: -len(".nii.gz")]] = read(f).astype(np.uint8)
-        self.body_voxels = np.argwhere(self.body != 0)
+        # int16 indices: an int64 list of a whole body's voxels is tens of MB per case.
+        self.body_voxels = np.argwhere(self.body != 0).astype(np.int16)
 
 
 def seed_set(spec):

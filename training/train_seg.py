@@ -1,7 +1,9 @@
 """Trains a lesion segmentation network (early fusion of SUV, CT and, unless --no-prior, the
 anomaly prior) on one annotation source of the phantoms (make_data.py --models, so the prior
-is the node's own). Loss: binary cross-entropy plus soft Dice; two thirds of the patches are
-centred near a labelled voxel, the rest anywhere in the body (including lesion-free studies).
+is the node's own). Loss: binary cross-entropy plus soft Dice; 60 % of the patches are centred
+near a labelled voxel, 20 % on a hot unlabelled one (SUV above 3: brain, heart, kidneys, bladder,
+the confounders the readers leave out), the rest anywhere in the body (including lesion-free
+studies).
 
     train_seg.py --data var/training/lesion --labels high_specificity --out var/training/seg-hspec.pt
 """
@@ -9,19 +11,35 @@ import argparse
 
 import numpy as np
 import torch
+from scipy import ndimage
 import torch.nn.functional as F
 
 import data
 import loop
 import nets
 
+# Hot unlabelled voxels, where false positives come from.
+HOT_SUV = 3.0
+
+
+def hot_regions(case, label):
+    """The voxels of each connected region above HOT_SUV in the body, outside `label`."""
+    regions, _ = ndimage.label((case.suv > HOT_SUV) & (label == 0) & (case.body != 0))
+    return [(np.argwhere(regions[box] == i) + [s.start for s in box]).astype(np.int16)
+            for i, box in enumerate(ndimage.find_objects(regions), start=1)]
+
 
 def sample(cases, labels, rng, size, channels):
     case = cases[rng.integers(len(cases))]
     y = case.labels[labels]
     fg = case.fg[labels]
-    if len(fg) and rng.random() < 2 / 3:
+    u = rng.random()
+    if len(fg) and u < 0.6:
         centre = fg[rng.integers(len(fg))] + rng.integers(-size[0] // 3, size[0] // 3 + 1, 3)
+    elif len(case.hot[labels]) and u < 0.8:
+        # A hot region first, then a voxel in it: else the brain and the bladder fill the draw.
+        region = case.hot[labels][rng.integers(len(case.hot[labels]))]
+        centre = region[rng.integers(len(region))]
     else:
         centre = case.body_voxels[rng.integers(len(case.body_voxels))]
     sources = {
@@ -58,7 +76,8 @@ def main():
     channels = ["suv", "ct_hu"] + ([] if args.no_prior else ["anomaly_prior"])
     cases = [c for root in args.data for c in data.load(root, with_prior=not args.no_prior, seeds=args.seeds)]
     for c in cases:
-        c.fg = {k: np.argwhere(v != 0) for k, v in c.labels.items()}
+        c.fg = {k: np.argwhere(v != 0).astype(np.int16) for k, v in c.labels.items()}
+        c.hot = {k: hot_regions(c, v) for k, v in c.labels.items()}
     print(f"{len(cases)} studies, channels {channels}, labels {args.labels}", flush=True)
     size = (args.patch,) * 3
 
