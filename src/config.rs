@@ -686,7 +686,7 @@ mod tests {
             "threads",
             "manifest",
         ] {
-            // `[[models]]` is shown commented out: no model ships with the node.
+            // `[[models]]` is shown commented out: none run by default.
             let documented = |l: &str| {
                 let l = l.trim_start();
                 l.starts_with(&format!("{key} =")) || l.starts_with(&format!("#{key} ="))
@@ -694,10 +694,14 @@ mod tests {
             assert!(text.lines().any(documented), "{key} undocumented");
         }
         assert!(s.models.is_empty());
-        // The commented `[[models]]` example parses once uncommented, relative to the file.
+        // The commented `[[models]]` example parses once uncommented, relative to the file, and
+        // names the models that ship in models/.
         let uncommented = text.replace("#[[models]]", "[[models]]").replace("#manifest =", "manifest =");
         let s = Config::parse(&path, &uncommented).unwrap().settings(&path).unwrap();
-        assert_eq!(s.models, [path.parent().unwrap().join("models/anomaly.model.toml")]);
+        let shipped = ["anomaly-ae", "seg-high-sensitivity", "seg-high-specificity"]
+            .map(|m| path.parent().unwrap().join(format!("../models/{m}.model.toml")));
+        assert_eq!(s.models, shipped);
+        assert!(shipped.iter().all(|m| m.is_file()), "{shipped:?}");
     }
 
     #[test]
