@@ -11,8 +11,8 @@ import argparse
 
 import numpy as np
 import torch
-from scipy import ndimage
 import torch.nn.functional as F
+from scipy import ndimage
 
 import data
 import loop
@@ -32,13 +32,13 @@ def hot_regions(case, label):
 def sample(cases, labels, rng, size, channels):
     case = cases[rng.integers(len(cases))]
     y = case.labels[labels]
-    fg = case.fg[labels]
+    fg = case.fg
     u = rng.random()
     if len(fg) and u < 0.6:
         centre = fg[rng.integers(len(fg))] + rng.integers(-size[0] // 3, size[0] // 3 + 1, 3)
-    elif len(case.hot[labels]) and u < 0.8:
+    elif len(case.hot) and u < 0.8:
         # A hot region first, then a voxel in it: else the brain and the bladder fill the draw.
-        region = case.hot[labels][rng.integers(len(case.hot[labels]))]
+        region = case.hot[rng.integers(len(case.hot))]
         centre = region[rng.integers(len(region))]
     else:
         centre = case.body_voxels[rng.integers(len(case.body_voxels))]
@@ -76,8 +76,9 @@ def main():
     channels = ["suv", "ct_hu"] + ([] if args.no_prior else ["anomaly_prior"])
     cases = [c for root in args.data for c in data.load(root, with_prior=not args.no_prior, seeds=args.seeds)]
     for c in cases:
-        c.fg = {k: np.argwhere(v != 0).astype(np.int16) for k, v in c.labels.items()}
-        c.hot = {k: hot_regions(c, v) for k, v in c.labels.items()}
+        # Only for the labels trained on.
+        c.fg = np.argwhere(c.labels[args.labels] != 0).astype(np.int16)
+        c.hot = hot_regions(c, c.labels[args.labels])
     print(f"{len(cases)} studies, channels {channels}, labels {args.labels}", flush=True)
     size = (args.patch,) * 3
 
