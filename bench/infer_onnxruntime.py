@@ -1,6 +1,7 @@
 """The Python peer of bench/infer.sh: the same three models on the same model-grid volumes with
 onnxruntime and MONAI-style sliding-window inference (training/window.py: Gaussian importance,
-sigma 0.125 of the patch, overlap 0.5, the manifest's batch size), whole grid, no crop.
+sigma 0.125 of the patch; the manifests' patch size, overlap and batch size), whole grid, no
+crop.
 
     infer_onnxruntime.py MODEL_GRID_DIR MODELS_DIR ROUNDS NODE_SECONDS
 """
@@ -19,21 +20,32 @@ import window  # noqa: E402
 grid, models, rounds, node_s = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
 read = lambda n: sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(grid, n))).astype(np.float32)
 suv, ct, body = read("suv.nii.gz"), read("ct_hu.nii.gz"), read("body.nii.gz")
-session = lambda n: window.session(os.path.join(models, f"{n}.onnx"), 2)
-ae, segs = session("anomaly-ae"), [session("seg-high-sensitivity"), session("seg-high-specificity")]
-cal = tomllib.load(open(os.path.join(models, "anomaly-ae.model.toml"), "rb"))["anomaly"]
+
+
+def model(name):
+    """The model as a function of a volume, windowed as its manifest says."""
+    manifest = tomllib.load(open(os.path.join(models, f"{name}.model.toml"), "rb"))
+    predict = window.onnx(window.session(os.path.join(models, manifest["file"]), 2))
+    return manifest, lambda x, pad: window.infer(predict, x, patch=tuple(manifest["patch_size"]), pad_values=pad,
+                                                 overlap=manifest["overlap"], batch_size=manifest["batch_size"],
+                                                 multiple=manifest["size_multiple"])
+
+
+(manifest, ae), segs = model("anomaly-ae"), [model(n)[1] for n in ("seg-high-sensitivity", "seg-high-specificity")]
+cal = manifest["anomaly"]
 threshold = cal["mask_threshold_suv"]
 best = None
 for r in range(rounds):
     t0 = time.time()
     x = data.anomaly_inputs(suv, ct, suv > threshold)
-    out = window.infer(ae, x, pad_values=data.air_values(data.ANOMALY_CHANNELS))
+    out = ae(x, data.air_values(data.ANOMALY_CHANNELS))
     z = (data.normalise("suv", suv) - out[0]) * np.exp(-out[1] / 2)
-    prior = np.where(body > 0, np.clip((z - cal["z_low"]) / (cal["z_high"] - cal["z_low"]), 0, 1), 0)
+    low, high = cal.get("prior_z_low", cal["z_low"]), cal.get("prior_z_high", cal["z_high"])
+    prior = np.where(body > 0, np.clip((z - low) / (high - low), 0, 1), 0)
     prior = prior.astype(np.float32)
     for s in segs:
         x = np.stack([data.normalise("suv", suv), data.normalise("ct_hu", ct), prior])
-        window.infer(s, x, pad_values=data.air_values(["suv", "ct_hu", "anomaly_prior"]))
+        s(x, data.air_values(["suv", "ct_hu", "anomaly_prior"]))
     took = time.time() - t0
     best = took if best is None else min(best, took)
     print(f"round {r + 1}: Python onnxruntime + MONAI-style sliding window {took:.2f} s", flush=True)

@@ -241,6 +241,26 @@ fn the_anomaly_map_and_score_and_the_prior_fed_segmentation_match_hand_computed_
 }
 
 #[test]
+fn the_map_has_a_calibration_of_its_own_when_the_manifest_gives_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = spec("anomaly", "anomaly", "anomaly.onnx", &[SUV_MASKED, SUV_MASK, CT]).write(dir.path());
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("z_high = 0.6\n", "z_high = 0.6\nprior_z_low = 0.3\nprior_z_high = 1.1\n"))
+        .unwrap();
+    let mut models = load(&[path], &settings()).unwrap();
+    // z as above: 0.2, 0.4, 0.6, 0.95 (SUV clipped at 20), 0.3; the map is (z - 0.3) / 0.8.
+    let suv = Volume::new(grid([3, 2, 1]), vec![5.0, 9.0, 13.0, 30.0, 7.0, 9.0]).unwrap();
+    let ct = Volume::new(grid([3, 2, 1]), vec![0.0; 6]).unwrap();
+    let body = Volume::new(grid([3, 2, 1]), vec![1u8, 1, 1, 1, 1, 0]).unwrap();
+    let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None };
+    let map = models.anomaly().unwrap().anomaly(&channels, &body).unwrap();
+    let want_p = [0.0, 0.125, 0.375, 0.8125, 0.0, 0.0];
+    assert!(worst(map.probability.data(), &want_p) < 1e-5, "{:?} vs {want_p:?}", map.probability.data());
+    // The score keeps z_low and z_high: 1.0, where the map's range would give (0.8125 + 0.375) / 2.
+    assert!((map.score - 1.0).abs() < 1e-6, "score {}", map.score);
+}
+
+#[test]
 fn manifests_that_do_not_match_their_file_are_refused_with_both_sides() {
     let dir = tempfile::tempdir().unwrap();
     let s = settings();

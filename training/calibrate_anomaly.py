@@ -4,12 +4,14 @@ reconstructed from their surroundings. z_low is the `--low` quantile of the body
 these normal studies, z_high lies `--margin` times as far above z_low as their `--high`
 quantile; p = clamp((z - z_low) / (z_high - z_low)). A margin above 1 leaves headroom for
 normal studies hotter than the calibration ones, so that their score does not saturate at 1 and
-tie with the lesion studies. Prints the calibration as JSON (export_model.py --calibration reads
+tie with the lesion studies. With --prior-low and --prior-high (quantiles of the same z) the
+voxel map, the segmentation models' prior, gets a lower range of its own (prior_z_low,
+prior_z_high): over the score's range it is 0 in most lesions. Prints the calibration as JSON (export_model.py --calibration reads
 it) and, with --check DIR, the study scores of other studies for a look at the separation; with
 --manifest it also writes the calibration into an exported model's manifest.
 
     calibrate_anomaly.py --onnx models/anomaly-ae.onnx --data var/training/normal --cases 2032-2063 \
-        --high 1.0 --margin 1.5 [--manifest models/anomaly-ae.model.toml]
+        --high 1.0 --margin 1.5 [--prior-low 0.99 --prior-high 0.9999] [--manifest models/anomaly-ae.model.toml]
 """
 import argparse
 import json
@@ -25,7 +27,7 @@ import window
 def reconstruct(session, case, patch, threshold=data.MASK_THRESHOLD_SUV):
     """The detector's mean and log-variance of the normalised SUV, by sliding window as the node."""
     x = data.anomaly_inputs(case.suv, case.ct, case.suv > threshold)
-    return window.infer(session, x, patch=(patch,) * 3, pad_values=data.air_values(data.ANOMALY_CHANNELS))
+    return window.infer(window.onnx(session), x, patch=(patch,) * 3, pad_values=data.air_values(data.ANOMALY_CHANNELS))
 
 
 def z_of(case, out):
@@ -34,6 +36,9 @@ def z_of(case, out):
 
 def z_map(session, case, patch):
     return z_of(case, reconstruct(session, case, patch))
+
+
+PRIOR_KEYS = ("prior_z_low", "prior_z_high")
 
 
 def top_mean(values, volume_ml):
@@ -51,10 +56,13 @@ def hottest_z(z, body, volume_ml):
 
 
 def write_manifest(path, cal, command):
-    """Replaces the [anomaly] calibration values and the calibration command of the description."""
+    """Replaces the [anomaly] calibration values and the calibration command of the description;
+    the prior's range is added after z_high, or removed, as the calibration has it."""
     text = open(path).read()
+    text = re.sub(r"(?m)^prior_z_(low|high) = .*\n", "", text)
+    prior = "".join(f"\n{key} = {cal[key]!r}" for key in PRIOR_KEYS if key in cal)
     for key in ("z_low", "z_high", "score_volume_ml"):
-        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {cal[key]!r}", text)
+        text, n = re.subn(rf"(?m)^{key} = .*$", f"{key} = {cal[key]!r}" + (prior if key == "z_high" else ""), text)
         if n != 1:
             raise SystemExit(f"{path}: expected one `{key} = ` line, found {n}")
     text, n = re.subn(r"calibrate_anomaly\.py [^;(\"]*", command + " ", text)
@@ -73,6 +81,8 @@ def main():
                    help="quantile of the normal body z for z_high; 1.0 (their maximum) keeps normal study scores below 1")
     p.add_argument("--margin", type=float, default=1.0,
                    help="z_high = z_low + margin * (the --high quantile - z_low)")
+    p.add_argument("--prior-low", type=float, help="quantile of the normal body z for prior_z_low (with --prior-high)")
+    p.add_argument("--prior-high", type=float, help="quantile of the normal body z for prior_z_high")
     p.add_argument("--manifest", help="an exported model's manifest to write the calibration into")
     p.add_argument("--score-volume-ml", type=float, default=1.0)
     p.add_argument("--check", nargs="*", default=[], help="case roots to print scores for")
@@ -86,15 +96,29 @@ def main():
     body_z = np.concatenate([z[c.body != 0] for z, c in zip(zs, cases)])
     z_low, quantile = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
     z_high = z_low + args.margin * (quantile - z_low)
-    cal = {"z_low": z_low, "z_high": z_high, "score_volume_ml": args.score_volume_ml,
+    if (args.prior_low is None) != (args.prior_high is None):
+        raise SystemExit("--prior-low and --prior-high go together")
+    prior = {} if args.prior_low is None else dict(
+        zip(PRIOR_KEYS, (float(np.quantile(body_z, q)) for q in (args.prior_low, args.prior_high))))
+    prior_range = [prior.get("prior_z_low", z_low), prior.get("prior_z_high", z_high)]
+    cal = {"z_low": z_low, "z_high": z_high, **prior, "score_volume_ml": args.score_volume_ml,
            "calibration_seeds": sorted(wanted), "voxels": int(body_z.size),
+           "body_z_quantiles": {q: float(np.quantile(body_z, q)) for q in (0.9, 0.99, 0.995, 0.999, 0.9999)},
            "normal_hottest_z": {c.meta["seed"]: hottest_z(z, c.body, args.score_volume_ml) for z, c in zip(zs, cases)},
            "normal_scores": {c.meta["seed"]: score(z, c.body, z_low, z_high, args.score_volume_ml)
                              for z, c in zip(zs, cases)}}
     for root in args.check:
-        cal.setdefault("check", {})[root] = {
-            c.meta["seed"]: score(z_map(session, c, args.patch), c.body, z_low, z_high, args.score_volume_ml)
-            for c in data.load(root)}
+        for c in data.load(root):
+            z = z_map(session, c, args.patch)
+            seen = {"score": score(z, c.body, z_low, z_high, args.score_volume_ml)}
+            truth = c.labels.get("truth")
+            if truth is not None and truth.any():
+                # What a segmentation model would see in the lesions, over the map's range.
+                p_map = np.clip((z - prior_range[0]) / (prior_range[1] - prior_range[0]), 0, 1) * (c.body != 0)
+                seen["mean_prior_in_lesions"] = float(p_map[truth != 0].mean())
+                seen["mean_prior_elsewhere_in_body"] = float(p_map[(truth == 0) & (c.body != 0)].mean())
+                seen["lesion_z_quartiles"] = [float(q) for q in np.quantile(z[truth != 0], [0.25, 0.5, 0.75])]
+            cal.setdefault("check", {}).setdefault(root, {})[c.meta["seed"]] = seen
     print(json.dumps(cal, indent=1))
     if args.manifest:
         argv, kept = iter(sys.argv[1:]), []

@@ -77,6 +77,7 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         cal = extra["calibration"]
         lines += ["", "[anomaly]", f"mask_threshold_suv = {toml_value(ck['mask_threshold_suv'])}",
                   f"z_low = {toml_value(cal['z_low'])}", f"z_high = {toml_value(cal['z_high'])}",
+                  *(f"{key} = {toml_value(cal[key])}" for key in ("prior_z_low", "prior_z_high") if key in cal),
                   f"score_volume_ml = {toml_value(cal['score_volume_ml'])}"]
     return "\n".join(lines) + "\n"
 
@@ -110,7 +111,7 @@ def main():
     p.add_argument("--name", required=True)
     p.add_argument("--version", default="1.0.0")
     p.add_argument("--out", required=True, help="folder for NAME.onnx and NAME.model.toml")
-    p.add_argument("--calibration", help="anomaly: JSON with z_low, z_high, score_volume_ml (without it: ONNX only)")
+    p.add_argument("--calibration", help="anomaly: JSON with z_low, z_high, score_volume_ml and optionally prior_z_low, prior_z_high (without it: ONNX only)")
     p.add_argument("--annotation-source", help="segmentation: the labels it was trained on")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--description", default="")

@@ -1,6 +1,6 @@
 """What the training scripts share: their command-line knobs, seeding, and the optimisation loop
 (AdamW, cosine decay to 2 % of the learning rate, a running loss every 50 steps, a checkpoint
-every 250 steps and at the end)."""
+every 250 steps and at the end, and an optional look at validation data every so many steps)."""
 import math
 import time
 
@@ -25,9 +25,10 @@ def seeded(args):
     return np.random.default_rng(args.seed)
 
 
-def train(net, args, step_fn, checkpoint):
+def train(net, args, step_fn, checkpoint, validate=None):
     """`step_fn(net, report)` returns the loss of one batch and, when `report`, a text for the log
-    line; `checkpoint(net, steps)` the dict saved to `args.out`."""
+    line; `checkpoint(net, steps)` the dict saved to `args.out`; `validate(net, steps)`, if given,
+    runs every `args.validate_every` steps and at the end."""
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     t0, step, running = time.time(), 0, None
     while step < args.steps:
@@ -46,4 +47,9 @@ def train(net, args, step_fn, checkpoint):
         if step % 250 == 0 or step == args.steps:
             # Also along the way, to look at a partly trained model.
             torch.save(checkpoint(net, step), args.out)
+        if validate and (step % args.validate_every == 0 or step == args.steps):
+            net.eval()
+            with torch.no_grad():
+                validate(net, step)
+            net.train()
     print(f"saved {args.out} after {step} steps, {time.time() - t0:.0f} s", flush=True)

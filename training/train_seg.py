@@ -5,7 +5,12 @@ near a labelled voxel, 20 % on a hot unlabelled one (SUV above 3: brain, heart, 
 the confounders the readers leave out), the rest anywhere in the body (including lesion-free
 studies).
 
-    train_seg.py --data var/training/lesion --labels high_specificity --out var/training/seg-hspec.pt
+    train_seg.py --data var/training/lesion --labels high_specificity --out var/training/seg-hspec.pt \
+        [--validate var/training/validation --validate-every 500]
+
+With --validate it prints, every so many steps, the Dice of each validation study against the
+trained labels on the model grid (sliding windows of the training patch, overlap 0.25, within the
+body's bounding box) and keeps the checkpoint with the best mean beside the last one (`-best.pt`).
 """
 import argparse
 
@@ -17,6 +22,7 @@ from scipy import ndimage
 import data
 import loop
 import nets
+import window
 
 # Hot unlabelled voxels, where false positives come from.
 HOT_SUV = 3.0
@@ -55,6 +61,25 @@ def sample(cases, labels, rng, size, channels):
     return np.ascontiguousarray(x), np.ascontiguousarray(yy[None].astype(np.float32))
 
 
+def inputs(case, channels):
+    sources = {"suv": case.suv, "ct_hu": case.ct, "anomaly_prior": case.prior}
+    return np.stack([data.normalise(s, sources[s]) for s in channels])
+
+
+def dice(pred, ref):
+    total = pred.sum() + ref.sum()
+    return 1.0 if total == 0 else float(2 * (pred & ref).sum() / total)
+
+
+def validation_dice(net, case, channels, labels, patch):
+    """Dice of the net's mask (probability 0.5) against `labels` within the body's bounding box."""
+    box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(case.body)[0])
+    predict = lambda batch: net(torch.from_numpy(batch)).numpy()
+    logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=(patch,) * 3,
+                          overlap=0.25, pad_values=data.air_values(channels))
+    return dice(logits[0] > 0, case.labels[labels][box] != 0)
+
+
 def loss_fn(logits, y):
     bce = F.binary_cross_entropy_with_logits(logits, y)
     p = torch.sigmoid(logits)
@@ -70,6 +95,8 @@ def main():
     p.add_argument("--labels", required=True, choices=["high_sensitivity", "high_specificity", "truth"])
     p.add_argument("--out", required=True)
     p.add_argument("--no-prior", action="store_true", help="the ablation: SUV and CT only")
+    p.add_argument("--validate", nargs="*", default=[], help="case roots to validate on (never trained on)")
+    p.add_argument("--validate-every", type=int, default=500)
     loop.add_args(p)
     args = p.parse_args()
     rng = loop.seeded(args)
@@ -90,7 +117,20 @@ def main():
         return {"task": "segmentation", "channels": channels, "labels": args.labels, "state_dict": net.state_dict(),
                 "base": args.base, "steps": steps, "args": vars(args)}
 
-    loop.train(nets.UNet(len(channels), 1, base=args.base), args, step, checkpoint)
+    validation = [c for root in args.validate for c in data.load(root, with_prior=not args.no_prior)]
+    best = {"dice": -1.0, "path": args.out.removesuffix(".pt") + "-best.pt"}
+
+    def validate(net, steps):
+        dices = [validation_dice(net, c, channels, args.labels, args.patch) for c in validation]
+        mean = float(np.mean(dices))
+        if mean > best["dice"]:
+            best["dice"] = mean
+            torch.save(checkpoint(net, steps), best["path"])
+        cases = ", ".join(f"{c.meta['seed']} {d:.3f}" for c, d in zip(validation, dices))
+        print(f"validation step {steps}: Dice {mean:.3f} ({cases}); best {best['dice']:.3f}", flush=True)
+
+    loop.train(nets.UNet(len(channels), 1, base=args.base), args, step, checkpoint,
+               validate if validation else None)
 
 if __name__ == "__main__":
     main()

@@ -1,7 +1,8 @@
 """Sliding-window inference with Gaussian blending in the manner of MONAI's
 `sliding_window_inference(mode="gaussian", sigma_scale=0.125, overlap=0.5)` and nnU-Net, on
-onnxruntime: used to calibrate the anomaly detector and as the Python peer in the benchmark.
-Input [C, D, H, W] normalised channels; output [K, D, H, W]."""
+onnxruntime (or any function of a batch): used to calibrate the anomaly detector, to validate
+a segmentation net while it trains, and as the Python peer in the benchmark. Input [C, D, H, W]
+normalised channels; output [K, D, H, W]."""
 import math
 
 import numpy as np
@@ -13,6 +14,12 @@ def session(path, threads):
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+
+
+def onnx(session):
+    """The session as a function of a batch [N, C, D, H, W], for `infer`."""
+    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
+    return lambda batch: session.run([name_out], {name_in: batch})[0]
 
 
 def gaussian(patch, sigma_scale=0.125):
@@ -35,7 +42,7 @@ def starts(n, patch, step):
     return [int(round(actual * i)) for i in range(count)]
 
 
-def infer(session, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=None, multiple=8):
+def infer(predict, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=None, multiple=8):
     c, *shape = x.shape
     padded = [max(p, math.ceil(n / multiple) * multiple) for n, p in zip(shape, patch)]
     if pad_values is None:
@@ -49,11 +56,10 @@ def infer(session, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=
     corners = [(z, y, xx) for z in starts(padded[0], patch[0], step[0])
                for y in starts(padded[1], patch[1], step[1]) for xx in starts(padded[2], patch[2], step[2])]
     acc, norm = None, np.zeros(padded, dtype=np.float32)
-    name_in, name_out = session.get_inputs()[0].name, session.get_outputs()[0].name
     for i in range(0, len(corners), batch_size):
         group = corners[i: i + batch_size]
         b = np.stack([xp[:, z: z + patch[0], y: y + patch[1], xx: xx + patch[2]] for z, y, xx in group])
-        out = session.run([name_out], {name_in: b})[0]
+        out = predict(b)
         if acc is None:
             acc = np.zeros((out.shape[1], *padded), dtype=np.float32)
         for o, (z, y, xx) in zip(out, group):

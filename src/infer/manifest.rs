@@ -117,11 +117,29 @@ impl InputChannel {
 pub struct AnomalyParams {
     /// SUV above which voxels are hidden from the reconstruction (`suv_masked`, `suv_mask`).
     pub mask_threshold_suv: f64,
-    /// `z` at which the probability starts to rise from 0, and where it reaches 1.
+    /// `z` at which the study score's probability starts to rise from 0, and where it reaches 1.
     pub z_low: f64,
     pub z_high: f64,
+    /// The same for the voxel map (the segmentation models' `anomaly_prior`), which needs a
+    /// lower range than the study score: z_low and z_high when absent.
+    #[serde(default)]
+    pub prior_z_low: Option<f64>,
+    #[serde(default)]
+    pub prior_z_high: Option<f64>,
     /// The study score is the mean probability of this much of the body, the most anomalous.
     pub score_volume_ml: f64,
+}
+
+impl AnomalyParams {
+    /// `[z_low, z_high]` of the study score.
+    pub fn score_z(&self) -> [f64; 2] {
+        [self.z_low, self.z_high]
+    }
+
+    /// `[z_low, z_high]` of the voxel map.
+    pub fn prior_z(&self) -> [f64; 2] {
+        [self.prior_z_low.unwrap_or(self.z_low), self.prior_z_high.unwrap_or(self.z_high)]
+    }
 }
 
 /// A model manifest, checked: built only by [`Manifest::parse`] and [`Manifest::load`].
@@ -328,6 +346,18 @@ impl Manifest {
                                 format!("must be a number above z_low ({}), got {}", a.z_low, a.z_high),
                             );
                         }
+                        match (a.prior_z_low, a.prior_z_high) {
+                            (None, None) => {}
+                            (Some(low), Some(high)) if low.is_finite() && high.is_finite() && low < high => {}
+                            (Some(low), Some(high)) => bad(
+                                "anomaly.prior_z_high",
+                                format!("must be a number above prior_z_low ({low}), got {high}"),
+                            ),
+                            (low, _) => bad(
+                                if low.is_some() { "anomaly.prior_z_high" } else { "anomaly.prior_z_low" },
+                                "prior_z_low and prior_z_high go together: give both or neither".into(),
+                            ),
+                        }
                         if !finite_positive(a.score_volume_ml) {
                             bad(
                                 "anomaly.score_volume_ml",
@@ -439,6 +469,13 @@ score_volume_ml = 1.0
         assert_eq!(a.task.output_channels(), 2);
         assert_eq!(a.reconstruction_input().unwrap().source, Source::SuvMasked);
         assert!(a.needs_anomaly_model());
+        // Without prior_z_* the map shares the score's range; with them it has its own.
+        let params = a.anomaly.unwrap();
+        assert_eq!((params.score_z(), params.prior_z()), ([2.0, 6.0], [2.0, 6.0]));
+        let own =
+            parse(&ANOMALY.replace("z_high = 6.0", "z_high = 6.0\nprior_z_low = 1.0\nprior_z_high = 3.5")).unwrap();
+        let params = own.anomaly.unwrap();
+        assert_eq!((params.score_z(), params.prior_z()), ([2.0, 6.0], [1.0, 3.5]));
     }
 
     #[test]
@@ -506,6 +543,10 @@ score_volume_ml = 1.0
             .replace("mask_threshold_suv = 3.0", "mask_threshold_suv = 0.0")
             .replace("score_volume_ml = 1.0", "score_volume_ml = -1.0");
         assert_eq!(keys(&bad_section), ["anomaly.mask_threshold_suv", "anomaly.z_high", "anomaly.score_volume_ml"]);
+        let half_prior = ANOMALY.replace("z_high = 6.0", "z_high = 6.0\nprior_z_low = 1.0");
+        assert_eq!(keys(&half_prior), ["anomaly.prior_z_high"]);
+        let inverted_prior = ANOMALY.replace("z_high = 6.0", "z_high = 6.0\nprior_z_low = 3.0\nprior_z_high = 1.0");
+        assert_eq!(keys(&inverted_prior), ["anomaly.prior_z_high"]);
         let own_prior = ANOMALY.replace("source = \"suv_mask\"", "source = \"anomaly_prior\"");
         assert_eq!(keys(&own_prior), ["inputs[1].source"]);
         let nothing_to_reconstruct = ANOMALY.replace("source = \"suv_masked\"", "source = \"ct_hu\"");

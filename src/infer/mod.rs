@@ -134,9 +134,10 @@ pub fn normalise(
 }
 
 /// The voxel anomaly probability: `z = (x − mean) · exp(−logvar / 2)`, `p = clamp((z − z_low) /
-/// (z_high − z_low), 0, 1)` inside the body, 0 outside. `x` is the normalised SUV.
-pub fn anomaly_probability(x: &[f32], mean: &[f32], logvar: &[f32], body: &[u8], params: &AnomalyParams) -> Vec<f32> {
-    let (low, span) = (params.z_low, params.z_high - params.z_low);
+/// (z_high − z_low), 0, 1)` inside the body, 0 outside. `x` is the normalised SUV; `[z_low,
+/// z_high]` is [`AnomalyParams::score_z`] or [`AnomalyParams::prior_z`].
+pub fn anomaly_probability(x: &[f32], mean: &[f32], logvar: &[f32], body: &[u8], [low, high]: [f64; 2]) -> Vec<f32> {
+    let span = high - low;
     x.par_iter()
         .zip(mean)
         .zip(logvar)
@@ -240,9 +241,15 @@ impl Model {
         let out = self.predict(&input)?;
         let x: Vec<f32> = channels.suv.data().par_iter().map(|&v| reconstructed.normalise(v)).collect();
         let (mean, logvar) = out.split_at(x.len());
-        let p = anomaly_probability(&x, mean, logvar, body.data(), &params);
+        let p = anomaly_probability(&x, mean, logvar, body.data(), params.score_z());
         let voxel_volume_ml = geometry.spacing_mm.iter().product::<f64>() / 1000.0;
         let score = anomaly_score(&p, body.data(), voxel_volume_ml, params.score_volume_ml);
+        // The map has a calibration of its own when the manifest gives one.
+        let p = if params.prior_z() == params.score_z() {
+            p
+        } else {
+            anomaly_probability(&x, mean, logvar, body.data(), params.prior_z())
+        };
         let probability = Volume::new(geometry.clone(), p).map_err(|e| InferError::Run(e.to_string()))?;
         Ok(AnomalyMap { probability, score })
     }
@@ -430,9 +437,7 @@ mod tests {
         assert!(e.to_string().contains("anomaly_prior"), "{e}");
     }
 
-    fn params() -> AnomalyParams {
-        AnomalyParams { mask_threshold_suv: 3.0, z_low: 2.0, z_high: 6.0, score_volume_ml: 0.128 }
-    }
+    const Z: [f64; 2] = [2.0, 6.0];
 
     #[test]
     fn anomaly_probability_matches_hand_computed_values() {
@@ -442,17 +447,17 @@ mod tests {
         let mean = [1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 5.0];
         let logvar = [lv, lv, lv, lv, lv, 0.0, lv];
         let body = [1, 1, 1, 1, 1, 1, 1];
-        let p = anomaly_probability(&x, &mean, &logvar, &body, &params());
+        let p = anomaly_probability(&x, &mean, &logvar, &body, Z);
         // z:          0    2    4     6    9.5  8 (sigma 1)  -2.5
         let want = [0.0, 0.0, 0.5, 1.0, 1.0, 1.0, 0.0];
         for (g, w) in p.iter().zip(want) {
             assert!((g - w).abs() < 1e-6, "{p:?}");
         }
         // z = 3 -> p = 0.25; outside the body 0.
-        let p = anomaly_probability(&[7.0, 7.0], &[1.0, 1.0], &[lv, lv], &[1, 0], &params());
+        let p = anomaly_probability(&[7.0, 7.0], &[1.0, 1.0], &[lv, lv], &[1, 0], Z);
         assert!((p[0] - 0.25).abs() < 1e-6 && p[1] == 0.0, "{p:?}");
         // No residual and no variance: no evidence.
-        assert_eq!(anomaly_probability(&[1.0], &[1.0], &[-1e6], &[1], &params()), [0.0]);
+        assert_eq!(anomaly_probability(&[1.0], &[1.0], &[-1e6], &[1], Z), [0.0]);
     }
 
     #[test]
