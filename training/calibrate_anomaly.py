@@ -6,8 +6,8 @@ quantile; p = clamp((z - z_low) / (z_high - z_low)). A margin above 1 leaves hea
 normal studies hotter than the calibration ones, so that their score does not saturate at 1 and
 tie with the lesion studies. With --prior-low and --prior-high (quantiles of the same z) the
 voxel map, the segmentation models' prior, gets a lower range of its own (prior_z_low,
-prior_z_high): over the score's range it is 0 in most lesions. Prints the calibration as JSON (export_model.py --calibration reads
-it) and, with --check DIR, the study scores of other studies for a look at the separation; with
+prior_z_high): over the score's range it is 0 in most lesions. Prints the calibration as JSON
+(export_model.py --calibration reads it) and, with --check DIR, the study scores of other studies for a look at the separation; with
 --manifest it also writes the calibration into an exported model's manifest.
 
     calibrate_anomaly.py --onnx models/anomaly-ae.onnx --data var/training/normal --cases 2032-2063 \
@@ -46,8 +46,13 @@ def top_mean(values, volume_ml):
     return float(np.sort(values)[-data.voxels_in(volume_ml):].mean())
 
 
+def probability(z, z_low, z_high):
+    """The node's p = clamp((z - z_low) / (z_high - z_low), 0, 1) (docs/models.md)."""
+    return np.clip((z - z_low) / (z_high - z_low), 0, 1)
+
+
 def score(z, body, z_low, z_high, volume_ml):
-    return top_mean(np.clip((z[body != 0] - z_low) / (z_high - z_low), 0, 1), volume_ml)
+    return top_mean(probability(z[body != 0], z_low, z_high), volume_ml)
 
 
 def hottest_z(z, body, volume_ml):
@@ -114,7 +119,7 @@ def main():
             truth = c.labels.get("truth")
             if truth is not None and truth.any():
                 # What a segmentation model would see in the lesions, over the map's range.
-                p_map = np.clip((z - prior_range[0]) / (prior_range[1] - prior_range[0]), 0, 1) * (c.body != 0)
+                p_map = probability(z, *prior_range) * (c.body != 0)
                 seen["mean_prior_in_lesions"] = float(p_map[truth != 0].mean())
                 seen["mean_prior_elsewhere_in_body"] = float(p_map[(truth == 0) & (c.body != 0)].mean())
                 seen["lesion_z_quartiles"] = [float(q) for q in np.quantile(z[truth != 0], [0.25, 0.5, 0.75])]
