@@ -8,6 +8,7 @@
 //! The result maps fixed (CT) patient points to moving (PET) patient points, the convention of
 //! [`Rigid`], so it plugs straight into [`resample_linear`](super::resample_linear).
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use rand::{Rng, SeedableRng};
@@ -33,6 +34,13 @@ pub struct RegistrationOptions {
     /// Histogram bins per intensity axis (including two padding bins each side for the moving
     /// image's cubic Parzen window).
     pub bins: usize,
+    /// Moving (PET) intensities are binned as `ln(1 + v / (s * max))` with this `s`; 0 bins
+    /// them linearly. Linear bins put air, lungs, fat and muscle (SUV 0 to 1) into the first
+    /// two or three of them and spend the rest on the bladder and lesions, whose edges the CT
+    /// does not show; the logarithm gives the low-uptake anatomy the histogram. Measured
+    /// (BENCHMARKS.md, with 48 bins and 800 000 final samples): worst lesion TRE over the eleven
+    /// bench cases 0.84 mm, against 1.33 mm with linear bins (elastix 1.30).
+    pub moving_log_scale: f64,
     pub max_iterations_per_level: usize,
     /// First step of each level is this times the level's sigma (mm in scaled parameter space).
     pub initial_step_factor: f64,
@@ -56,8 +64,9 @@ impl Default for RegistrationOptions {
         Self {
             pyramid_sigma_mm: vec![8.0, 4.0, 0.0],
             samples: 20_000,
-            final_samples: 200_000,
-            bins: 36,
+            final_samples: 800_000,
+            bins: 48,
+            moving_log_scale: 0.01,
             max_iterations_per_level: 200,
             initial_step_factor: 0.5,
             min_step_mm: 0.02,
@@ -148,6 +157,7 @@ pub fn register_rigid(
 ) -> Result<Registration, RegistrationError> {
     let t0 = Instant::now();
     check_options(options)?;
+    let moving = &compress(moving, options.moving_log_scale)?;
     let fg = fixed.geometry();
     let centre = volume_centre_mm(fg);
     // Rotations are scaled by the fixed volume's half diagonal, so one unit of every parameter
@@ -232,7 +242,8 @@ pub fn mutual_information_at(
 ) -> Result<f64, RegistrationError> {
     check_options(options)?;
     let f = smooth_and_shrink(fixed, sigma_mm);
-    let m = smooth_and_shrink(moving, sigma_mm);
+    let moving = compress(moving, options.moving_log_scale)?;
+    let m = smooth_and_shrink(&moving, sigma_mm);
     let mut rng = ChaCha8Rng::seed_from_u64(options.seed);
     let start = Params {
         angles: options.initial_angles_deg.map(f64::to_radians),
@@ -253,6 +264,9 @@ fn check_options(o: &RegistrationOptions) -> Result<(), RegistrationError> {
     }
     if !(8..=256).contains(&o.bins) {
         return bad("bins must be between 8 and 256");
+    }
+    if !(o.moving_log_scale.is_finite() && o.moving_log_scale >= 0.0) {
+        return bad("moving_log_scale must be finite and non-negative");
     }
     if !(o.relaxation > 0.0 && o.relaxation < 1.0) {
         return bad("relaxation must be in (0, 1)");
@@ -302,6 +316,22 @@ impl Params {
         let rc: [f64; 3] = std::array::from_fn(|i| (0..3).map(|j| r[i][j] * centre[j]).sum());
         Rigid { rotation: r, translation_mm: std::array::from_fn(|i| centre[i] + self.translation_mm[i] - rc[i]) }
     }
+}
+
+/// The moving volume as the metric bins it: `ln(1 + max(v, 0) / (scale * max))`, or a plain
+/// copy when `scale` is 0 (see [`RegistrationOptions::moving_log_scale`]).
+fn compress(moving: &Volume<f32>, scale: f64) -> Result<Cow<'_, Volume<f32>>, RegistrationError> {
+    if scale == 0.0 {
+        return Ok(Cow::Borrowed(moving));
+    }
+    let (_, max) = intensity_range(moving.data(), "moving")?;
+    if max <= 0.0 {
+        return Err(RegistrationError::Flat { which: "moving", value: max });
+    }
+    let inv = (1.0 / (scale * max as f64)) as f32;
+    let mut out = moving.clone();
+    out.data_mut().par_iter_mut().for_each(|v| *v = (v.max(0.0) * inv).ln_1p());
+    Ok(Cow::Owned(out))
 }
 
 /// Gaussian smoothing (`sigma_mm`) and decimation to a voxel size near sigma, per axis; the
