@@ -140,8 +140,19 @@ fn resample_general(moving: &Volume<f32>, map: &IndexMap, nx: usize, ny: usize, 
 /// their positions; edge voxels are repeated. An axis with a sigma under 0.3 voxel and factor 1
 /// is left alone.
 pub(crate) fn blur_and_decimate(v: &Volume<f32>, sigma_mm: [f64; 3], factor: [usize; 3]) -> Volume<f32> {
+    blur_and_decimate_map(v, |x| x, sigma_mm, factor)
+}
+
+/// [`blur_and_decimate`] of `value(v)`: the first pass reads `v` itself, so a mask or an integer
+/// volume needs no float copy of its own.
+pub(crate) fn blur_and_decimate_map<T: Copy + Sync>(
+    v: &Volume<T>,
+    value: impl Fn(T) -> f32 + Sync + Copy,
+    sigma_mm: [f64; 3],
+    factor: [usize; 3],
+) -> Volume<f32> {
     let mut g = v.geometry().clone();
-    let mut data = v.data().to_vec();
+    let mut data: Option<Vec<f32>> = None;
     for axis in 0..3 {
         let spacing = g.spacing_mm[axis];
         let factor = factor[axis].clamp(1, g.dims[axis].max(1));
@@ -150,11 +161,15 @@ pub(crate) fn blur_and_decimate(v: &Volume<f32>, sigma_mm: [f64; 3], factor: [us
             continue;
         }
         let kernel = gaussian_kernel(sigma_vox);
-        let (out, n_out) = blur_axis(&data, g.dims, axis, &kernel, factor);
-        data = out;
+        let (out, n_out) = match &data {
+            Some(d) => blur_axis(d, |x| x, g.dims, axis, &kernel, factor),
+            None => blur_axis(v.data(), value, g.dims, axis, &kernel, factor),
+        };
+        data = Some(out);
         g.dims[axis] = n_out;
         g.spacing_mm[axis] = spacing * factor as f64;
     }
+    let data = data.unwrap_or_else(|| v.data().par_iter().map(|&x| value(x)).collect());
     // The dims were updated with the data, so the lengths agree.
     Volume::new(g, data).expect("decimated data matches its geometry")
 }
@@ -169,33 +184,60 @@ fn gaussian_kernel(sigma_vox: f64) -> Vec<f32> {
     w.iter().map(|v| (v / sum) as f32).collect()
 }
 
-/// Blurs along `axis` with `kernel` (edge voxels repeated) and keeps every `factor`-th voxel.
-fn blur_axis(data: &[f32], dims: [usize; 3], axis: usize, kernel: &[f32], factor: usize) -> (Vec<f32>, usize) {
+/// Blurs `value(data)` along `axis` with `kernel` (edge voxels repeated) and keeps every
+/// `factor`-th voxel. Along y and z whole rows or slices are weighted and summed, so the inner
+/// loops run over contiguous memory; every output sums its taps in kernel order.
+fn blur_axis<T: Copy + Sync>(
+    data: &[T],
+    value: impl Fn(T) -> f32 + Sync + Copy,
+    dims: [usize; 3],
+    axis: usize,
+    kernel: &[f32],
+    factor: usize,
+) -> (Vec<f32>, usize) {
     let n = dims[axis];
     let n_out = n.div_ceil(factor);
     let mut out_dims = dims;
     out_dims[axis] = n_out;
     let [nx, ny, _] = dims;
-    let stride = [1, nx, nx * ny][axis];
-    let r = (kernel.len() / 2) as isize;
+    let r = kernel.len() / 2;
+    // The input index of tap `t` for output `o`, edge voxels repeated.
+    let tap = move |o: usize, t: usize| (o * factor + t).saturating_sub(r).min(n - 1);
     let [ox, oy, _] = out_dims;
     let mut out = vec![0f32; out_dims.iter().product()];
-    out.par_chunks_mut(ox * oy).enumerate().for_each(|(k, slice)| {
-        for (j, row) in slice.chunks_exact_mut(ox).enumerate() {
-            for (i, v) in row.iter_mut().enumerate() {
-                let mut idx = [i, j, k];
-                let centre = (idx[axis] * factor) as isize;
-                idx[axis] = 0;
-                let base = idx[2] * nx * ny + idx[1] * nx + idx[0];
-                let mut acc = 0f32;
-                for (t, w) in kernel.iter().enumerate() {
-                    let p = (centre + t as isize - r).clamp(0, n as isize - 1) as usize;
-                    acc += w * data[base + p * stride];
-                }
-                *v = acc;
-            }
+    let add = |to: &mut [f32], from: &[T], w: f32| {
+        for (o, &x) in to.iter_mut().zip(from) {
+            *o += w * value(x);
         }
-    });
+    };
+    match axis {
+        0 => out.par_chunks_mut(ox * oy).enumerate().for_each(|(k, slice)| {
+            for (j, row) in slice.chunks_exact_mut(ox).enumerate() {
+                let src = &data[(k * ny + j) * nx..][..nx];
+                for (i, v) in row.iter_mut().enumerate() {
+                    let centre = i * factor;
+                    *v = if centre >= r && centre + r < n {
+                        // Inside: the taps are one contiguous run.
+                        kernel.iter().zip(&src[centre - r..=centre + r]).fold(0.0, |acc, (w, &x)| acc + w * value(x))
+                    } else {
+                        kernel.iter().enumerate().fold(0.0, |acc, (t, w)| acc + w * value(src[tap(i, t)]))
+                    };
+                }
+            }
+        }),
+        1 => out.par_chunks_mut(ox * oy).enumerate().for_each(|(k, slice)| {
+            for (j, row) in slice.chunks_exact_mut(ox).enumerate() {
+                for (t, &w) in kernel.iter().enumerate() {
+                    add(row, &data[(k * ny + tap(j, t)) * nx..][..nx], w);
+                }
+            }
+        }),
+        _ => out.par_chunks_mut(ox * oy).enumerate().for_each(|(k, slice)| {
+            for (t, &w) in kernel.iter().enumerate() {
+                add(slice, &data[tap(k, t) * nx * ny..][..nx * ny], w);
+            }
+        }),
+    }
     (out, n_out)
 }
 

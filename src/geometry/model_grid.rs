@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::{Rigid, blur_and_decimate, resample_linear};
+use super::{Rigid, blur_and_decimate_map, resample_linear};
 use crate::volume::{Geometry, Volume};
 
 /// FWHM to sigma of a Gaussian.
@@ -31,6 +31,16 @@ pub fn model_grid(ct: &Geometry, spacing_mm: [f64; 3]) -> Geometry {
 /// `sqrt(grid² − volume²)` spacing (and decimation to at most the grid's spacing, to save the
 /// work), then trilinear sampling; `outside` beyond the volume's box.
 pub fn to_grid(volume: &Volume<f32>, grid: &Geometry, outside: f32) -> Volume<f32> {
+    to_grid_map(volume, |v| v, grid, outside)
+}
+
+/// [`to_grid`] of `value(volume)`, without a float copy of the whole volume.
+fn to_grid_map<T: Copy + Sync>(
+    volume: &Volume<T>,
+    value: impl Fn(T) -> f32 + Sync + Copy,
+    grid: &Geometry,
+    outside: f32,
+) -> Volume<f32> {
     let g = volume.geometry();
     let sigma_mm: [f64; 3] = std::array::from_fn(|a| {
         let (fine, coarse) = (g.spacing_mm[a], grid.spacing_mm[a]);
@@ -40,7 +50,7 @@ pub fn to_grid(volume: &Volume<f32>, grid: &Geometry, outside: f32) -> Volume<f3
     // Decimation keeps every factor-th voxel from the first, so its box may end short of the
     // volume's: one repeated voxel on each side, then the volume's own box decides what is
     // outside.
-    let filtered = pad_edges(&blur_and_decimate(volume, sigma_mm, factor));
+    let filtered = pad_edges(&blur_and_decimate_map(volume, value, sigma_mm, factor));
     let mut out = resample_linear(&filtered, grid, &Rigid::IDENTITY, outside);
     let [nx, ny, _] = grid.dims;
     let limit = g.dims.map(|n| n as f64 - 0.5);
@@ -81,10 +91,7 @@ fn pad_edges(v: &Volume<f32>) -> Volume<f32> {
 
 /// A 0/1 mask on `grid`: the filtered fraction of foreground, at least one half.
 pub fn mask_to_grid(mask: &Volume<u8>, grid: &Geometry) -> Volume<u8> {
-    let fraction: Vec<f32> = mask.data().par_iter().map(|&v| f32::from(u8::from(v != 0))).collect();
-    // Same geometry as `mask`, so the lengths agree.
-    let fraction = Volume::new(mask.geometry().clone(), fraction).expect("same geometry as the mask");
-    let on_grid = to_grid(&fraction, grid, 0.0);
+    let on_grid = to_grid_map(mask, |v| f32::from(u8::from(v != 0)), grid, 0.0);
     let data = on_grid.data().par_iter().map(|&f| u8::from(f >= 0.5)).collect();
     Volume::new(grid.clone(), data).expect("same geometry as the grid")
 }

@@ -3,6 +3,8 @@
 //! air, so only speed changes), the anomaly model runs first and its probability map becomes
 //! the prior of the segmentation models, and every output comes back onto the CT grid.
 
+use std::time::Instant;
+
 use rayon::prelude::*;
 
 use super::{Channels, InferError, Models};
@@ -137,7 +139,9 @@ pub fn run_models(
         if let Some(i) = grids.iter().position(|(s, _)| *s == spacing) {
             return i;
         }
+        let t = Instant::now();
         grids.push((spacing, GridChannels::new(suv_on_ct, ct_hu, body, spacing)));
+        tracing::debug!(?spacing, seconds = t.elapsed().as_secs_f64(), "channels on the model grid");
         grids.len() - 1
     };
     let mut inferred = Inferred::default();
@@ -147,7 +151,10 @@ pub fn run_models(
         let i = channels_at(&mut grids, model.manifest().spacing_mm);
         let g = &grids[i].1;
         let channels = Channels { suv: &g.suv, ct_hu: &g.ct_hu, anomaly_prior: None };
+        let t = Instant::now();
         let map = model.anomaly(&channels, &g.body)?;
+        tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
+        let t = Instant::now();
         inferred.anomaly = Some(AnomalyResult {
             name: model.name().to_string(),
             version: model.manifest().version.clone(),
@@ -155,6 +162,7 @@ pub fn run_models(
             on_model_grid: resample_linear(&map.probability, &g.full, &Rigid::IDENTITY, 0.0),
             score: map.score,
         });
+        tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "back on the CT grid");
         prior = Some(map.probability);
     }
     for model in models.segmentation() {
@@ -168,7 +176,10 @@ pub fn run_models(
             }
         });
         let channels = Channels { suv: &g.suv, ct_hu: &g.ct_hu, anomaly_prior: prior_here.as_ref() };
+        let t = Instant::now();
         let p = model.segment(&channels)?;
+        tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
+        let t = Instant::now();
         let probability = inside(from_grid(&p, ct), body);
         let threshold = model.manifest().threshold.unwrap_or(0.5) as f32;
         let mask = probability.data().par_iter().map(|&v| u8::from(v >= threshold)).collect();
@@ -180,6 +191,7 @@ pub fn run_models(
             mask: Volume::new(ct.clone(), mask).expect("mask on the CT grid"),
             probability,
         });
+        tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "back on the CT grid");
     }
     Ok(inferred)
 }
