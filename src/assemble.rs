@@ -1,8 +1,9 @@
 //! A stored series becomes a [`Volume`]: slices sorted along the slice normal, geometry checked,
-//! pixel data decoded (every transfer syntax dicom-rs decodes, in parallel) with the Modality
-//! LUT of each instance applied. Every defect a real series can have is a named error: the
-//! result is the right volume or no volume.
+//! pixel data decoded in parallel (by dicom-rs, and JPEG-LS and 12-bit JPEG by [`crate::codecs`])
+//! with the Modality LUT of each instance applied. Every defect a real series can have is a named
+//! error: the result is the right volume or no volume.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use dicom_core::Tag;
@@ -11,6 +12,7 @@ use dicom_object::{DefaultDicomObject, OpenFileOptions};
 use dicom_pixeldata::PixelDecoder;
 use rayon::prelude::*;
 
+use crate::codecs::{self, CodecError, Frame};
 use crate::ids::Uid;
 use crate::volume::{Geometry, Volume, VolumeError};
 
@@ -48,6 +50,8 @@ pub enum AssembleError {
     NoPixelData { path: PathBuf },
     #[error("{path}: decoding pixel data: {message}")]
     Decode { path: PathBuf, message: String },
+    #[error("{path}: {what} is not supported")]
+    Unsupported { path: PathBuf, what: String },
     #[error(transparent)]
     Volume(#[from] VolumeError),
 }
@@ -298,6 +302,12 @@ fn decode_into(path: &Path, out: &mut [f32]) -> Result<(), AssembleError> {
     let Some(pixels) = obj.get(tags::PIXEL_DATA) else {
         return Err(AssembleError::NoPixelData { path: path.to_path_buf() });
     };
+    if let Some(codec) = codec_of(obj.meta().transfer_syntax().trim_end_matches(['\0', ' '])) {
+        return encapsulated_into(&obj, pixels.value().fragments(), out, codec).map_err(|e| match e {
+            CodecError::Unsupported(what) => AssembleError::Unsupported { path: path.to_path_buf(), what },
+            CodecError::Malformed(message) => decode_err(message),
+        });
+    }
     if native_into(&obj, pixels.value().primitive(), out) {
         return Ok(());
     }
@@ -308,6 +318,19 @@ fn decode_into(path: &Path, out: &mut [f32]) -> Result<(), AssembleError> {
     }
     out.copy_from_slice(&values);
     Ok(())
+}
+
+/// The Modality LUT as Rescale Slope and Intercept (identity when absent).
+fn rescale(obj: &DefaultDicomObject) -> (f64, f64) {
+    let float = |tag| obj.get(tag).and_then(|e| e.to_float64().ok());
+    (float(tags::RESCALE_SLOPE).unwrap_or(1.0), float(tags::RESCALE_INTERCEPT).unwrap_or(0.0))
+}
+
+/// Applies the Modality LUT to stored values, straight into the volume.
+fn rescale_into(out: &mut [f32], stored: impl Iterator<Item = i32>, (slope, intercept): (f64, f64)) {
+    for (o, v) in out.iter_mut().zip(stored) {
+        *o = (f64::from(v) * slope + intercept) as f32;
+    }
 }
 
 /// The common case without a codec: 16-bit grayscale stored natively. Applies the Modality LUT
@@ -327,20 +350,113 @@ fn native_into(obj: &DefaultDicomObject, pixels: Option<&dicom_core::PrimitiveVa
     if samples != 1 || stored != 16 || obj.get(tags::MODALITY_LUT_SEQUENCE).is_some() {
         return false;
     }
-    let float = |tag| obj.get(tag).and_then(|e| e.to_float64().ok());
-    let (slope, intercept) = (float(tags::RESCALE_SLOPE).unwrap_or(1.0), float(tags::RESCALE_INTERCEPT).unwrap_or(0.0));
     let words: &[u16] = match pixels {
         Some(PrimitiveValue::U16(v)) if v.len() == out.len() => v,
         _ => return false,
     };
     if representation == 1 {
-        for (o, w) in out.iter_mut().zip(words) {
-            *o = (f64::from(*w as i16) * slope + intercept) as f32;
-        }
+        rescale_into(out, words.iter().map(|w| i32::from(*w as i16)), rescale(obj));
     } else {
-        for (o, w) in out.iter_mut().zip(words) {
-            *o = (f64::from(*w) * slope + intercept) as f32;
-        }
+        rescale_into(out, words.iter().map(|w| i32::from(*w)), rescale(obj));
     }
     true
+}
+
+/// The encapsulated transfer syntaxes decoded by [`crate::codecs`]: JPEG-LS Lossless and
+/// Near-Lossless, and JPEG Extended (whose 12-bit form dicom-pixeldata does not decode).
+fn codec_of(syntax: &str) -> Option<Codec> {
+    match syntax {
+        "1.2.840.10008.1.2.4.80" | "1.2.840.10008.1.2.4.81" => Some(Codec::JpegLs),
+        "1.2.840.10008.1.2.4.51" => Some(Codec::JpegExtended),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Codec {
+    JpegLs,
+    JpegExtended,
+}
+
+impl Codec {
+    fn name(self) -> &'static str {
+        match self {
+            Codec::JpegLs => "JPEG-LS",
+            Codec::JpegExtended => "JPEG Extended",
+        }
+    }
+
+    fn decode(self, stream: &[u8], size: (usize, usize)) -> Result<Frame, CodecError> {
+        match self {
+            Codec::JpegLs => codecs::jpeg_ls(stream, size),
+            Codec::JpegExtended => codecs::jpeg_extended(stream, size),
+        }
+    }
+
+    /// JPEG-LS codes exactly Bits Stored bits; a DCT process codes 8 or 12, at least Bits Stored.
+    fn precision_fits(self, precision: u32, stored: u32) -> bool {
+        match self {
+            Codec::JpegLs => precision == stored,
+            Codec::JpegExtended => precision >= stored,
+        }
+    }
+}
+
+/// A single-frame, single-component stream of `codec`, 8 or 16 bits allocated, signed or
+/// unsigned: the instance's attributes are checked, the frame's fragments decoded (the frame
+/// header must match Rows, Columns and Bits Stored) and the Modality LUT applied as
+/// [`native_into`] does.
+fn encapsulated_into(
+    obj: &DefaultDicomObject,
+    fragments: Option<&[Vec<u8>]>,
+    out: &mut [f32],
+    codec: Codec,
+) -> Result<(), CodecError> {
+    use CodecError::{Malformed, Unsupported};
+    let name = codec.name();
+    let int = |tag| obj.get(tag).and_then(|e| e.to_int::<u32>().ok());
+    let samples = int(tags::SAMPLES_PER_PIXEL).unwrap_or(1);
+    let photometric = text(obj, tags::PHOTOMETRIC_INTERPRETATION).unwrap_or_default();
+    if samples != 1 || !matches!(photometric.as_str(), "MONOCHROME1" | "MONOCHROME2") {
+        return Err(Unsupported(format!("{name} {photometric} with {samples} samples per pixel")));
+    }
+    let (Some(allocated @ (8 | 16)), Some(stored), Some(representation @ (0 | 1))) =
+        (int(tags::BITS_ALLOCATED), int(tags::BITS_STORED), int(tags::PIXEL_REPRESENTATION))
+    else {
+        return Err(Unsupported(format!("{name} other than 8 or 16 bits allocated, signed or unsigned")));
+    };
+    if !(2..=allocated).contains(&stored) {
+        return Err(Malformed(format!("Bits Stored {stored} with Bits Allocated {allocated}")));
+    }
+    if obj.get(tags::MODALITY_LUT_SEQUENCE).is_some() {
+        return Err(Unsupported(format!("{name} with a Modality LUT Sequence")));
+    }
+    let (rows, cols) = (int(tags::ROWS).unwrap_or(0) as usize, int(tags::COLUMNS).unwrap_or(0) as usize);
+    if rows * cols != out.len() {
+        return Err(Malformed(format!("Rows {rows} and Columns {cols} for a {}-pixel slice", out.len())));
+    }
+    let mut stream = match fragments {
+        Some([one]) => Cow::Borrowed(one.as_slice()),
+        Some(many) if !many.is_empty() => Cow::Owned(many.concat()),
+        _ => return Err(Malformed(format!("{name} transfer syntax without encapsulated pixel data"))),
+    };
+    // DCMTK pads an odd-length stream with a fill byte before EOI (FF FF D9), as T.81 B.1.1.2
+    // allows before any marker; the JPEG-LS decoder wants EOI right after the scan, whose data
+    // never ends in FF.
+    while stream.ends_with(&[0xFF, 0xFF, 0xD9]) {
+        let fill = stream.len() - 3;
+        stream.to_mut().remove(fill);
+    }
+    let frame = codec.decode(&stream, (rows, cols))?;
+    if !codec.precision_fits(frame.precision, stored) {
+        return Err(Malformed(format!("the {name} frame has {} bits, Bits Stored is {stored}", frame.precision)));
+    }
+    if representation == 1 {
+        // Two's complement in Bits Stored bits: sign-extend from the high bit.
+        let shift = 32 - stored;
+        rescale_into(out, frame.samples.iter().map(|v| (i32::from(*v) << shift) >> shift), rescale(obj));
+    } else {
+        rescale_into(out, frame.samples.iter().map(|v| i32::from(*v)), rescale(obj));
+    }
+    Ok(())
 }

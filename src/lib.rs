@@ -11,6 +11,7 @@
 pub mod assemble;
 pub mod calibrate;
 pub mod cli;
+pub mod codecs;
 pub mod config;
 pub mod db;
 pub mod delivery;

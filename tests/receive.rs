@@ -12,18 +12,6 @@ use dicom_ul::pdu::{PDataValue, PDataValueType, Pdu};
 use petct_node::dimse::Status;
 use petct_node::dimse::command::{response_status, store_request};
 
-fn pydicom_test_files() -> PathBuf {
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import os, pydicom; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))",
-        ])
-        .output()
-        .expect("python3");
-    assert_success(&out, "locating pydicom's test files (pip install pydicom)");
-    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-}
-
 /// One file per transfer syntax storescu can propose, re-labelled as CT Image Storage in one
 /// study. The files pass through DCMTK (dcmodify) so they hold exactly what storescu sends.
 fn transfer_syntax_corpus(dir: &Path) -> Vec<(&'static str, PathBuf)> {

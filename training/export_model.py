@@ -27,7 +27,7 @@ def build(checkpoint):
     if ck["task"] == "anomaly":
         net = nets.DualBranchAE(base=ck["base"])
     else:
-        net = nets.UNet(len(ck["channels"]), 1, base=ck["base"])
+        net = nets.UNet(len(ck["channels"]), 1, base=ck["base"], norm=ck.get("norm", "instance"))
     net.load_state_dict(ck["state_dict"])
     net.eval()
     return net, ck
@@ -44,9 +44,14 @@ def toml_value(v):
 
 
 def patch(ck):
-    """The patch it was trained on: instance normalisation sees a patch's statistics, so the
-    node serves the same size."""
+    """The patch it was trained on."""
     return ck["args"]["patch"]
+
+
+def serve_patch(ck):
+    """The window the node serves it on (z, y, x): the trained patch under instance normalisation,
+    which sees a window's statistics; the larger data.SERVE_PATCH under batch normalisation."""
+    return data.SERVE_PATCH if ck.get("norm") == "batch" else (patch(ck),) * 3
 
 
 def manifest(ck, name, version, onnx_file, sha, description, extra):
@@ -60,10 +65,11 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         'input_name = "input"',
         'output_name = "output"',
         f"spacing_mm = {toml_value([data.SPACING_MM] * 3)}",
-        f"patch_size = {toml_value([patch(ck)] * 3)}",
+        f"patch_size = {toml_value(list(serve_patch(ck)))}",
         f"size_multiple = {SIZE_MULTIPLE}",
         "overlap = 0.5",
-        "batch_size = 2",
+        # Two windows of the trained patch per run; the serving window is big enough alone.
+        f"batch_size = {1 if ck.get('norm') == 'batch' else 2}",
     ]
     if ck["task"] == "segmentation":
         lines += [f"threshold = {toml_value(extra.get('threshold', 0.5))}",
@@ -94,7 +100,7 @@ def parity(net, ck, path, rng):
     outputs' magnitude where that exceeds 1 (float32 sums err in proportion to their size)."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     worst = 0.0
-    for shape in [(2,) + (patch(ck),) * 3, (1, 40, 72, 56), (1, 16, 8, 24)]:
+    for shape in [(2,) + (patch(ck),) * 3, (1,) + tuple(serve_patch(ck)), (1, 40, 72, 56), (1, 16, 8, 24)]:
         x = rng.uniform(-1, 1.5, size=(shape[0], len(ck["channels"])) + shape[1:]).astype(np.float32)
         if ck["task"] == "anomaly":
             x[:, 1] = (x[:, 1] > 0.8).astype(np.float32)

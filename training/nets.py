@@ -10,24 +10,36 @@ from torch import nn
 LOGVAR_MIN, LOGVAR_MAX = 2 * math.log(0.015), 2 * math.log(0.2)
 
 
-def block(cin, cout):
+def norm_layer(norm, channels):
+    """Instance normalisation sees each patch's own statistics, so a net with it must be served on
+    the patch it was trained on; batch normalisation is fixed at inference (export folds it into
+    the convolutions), so such a net is one function of its input and can be served on larger
+    windows, which cuts the overlap's repeated work."""
+    if norm == "instance":
+        return nn.InstanceNorm3d(channels, affine=True)
+    if norm == "batch":
+        return nn.BatchNorm3d(channels)
+    raise ValueError(f"unknown normalisation {norm!r}")
+
+
+def block(cin, cout, norm="instance"):
     return nn.Sequential(
         nn.Conv3d(cin, cout, 3, padding=1, bias=False),
-        nn.InstanceNorm3d(cout, affine=True),
+        norm_layer(norm, cout),
         nn.LeakyReLU(0.01, inplace=True),
         nn.Conv3d(cout, cout, 3, padding=1, bias=False),
-        nn.InstanceNorm3d(cout, affine=True),
+        norm_layer(norm, cout),
         nn.LeakyReLU(0.01, inplace=True),
     )
 
 
 class Encoder(nn.Module):
-    def __init__(self, cin, widths):
+    def __init__(self, cin, widths, norm="instance"):
         super().__init__()
         self.blocks = nn.ModuleList()
         self.down = nn.ModuleList()
         for i, w in enumerate(widths):
-            self.blocks.append(block(cin if i == 0 else widths[i - 1], w))
+            self.blocks.append(block(cin if i == 0 else widths[i - 1], w, norm))
             if i < len(widths) - 1:
                 self.down.append(nn.Conv3d(w, w, 2, stride=2))
 
@@ -42,13 +54,13 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-    def __init__(self, widths, cout):
+    def __init__(self, widths, cout, norm="instance"):
         super().__init__()
         self.up = nn.ModuleList()
         self.blocks = nn.ModuleList()
         for i in range(len(widths) - 1, 0, -1):
             self.up.append(nn.ConvTranspose3d(widths[i], widths[i - 1], 2, stride=2))
-            self.blocks.append(block(2 * widths[i - 1], widths[i - 1]))
+            self.blocks.append(block(2 * widths[i - 1], widths[i - 1], norm))
         self.head = nn.Conv3d(widths[0], cout, 1)
 
     def forward(self, skips):
@@ -61,11 +73,11 @@ class Decoder(nn.Module):
 class UNet(nn.Module):
     """Early fusion: every input channel enters the first block."""
 
-    def __init__(self, cin, cout=1, base=8, levels=4):
+    def __init__(self, cin, cout=1, base=8, levels=4, norm="instance"):
         super().__init__()
         widths = [base * 2**i for i in range(levels)]
-        self.encoder = Encoder(cin, widths)
-        self.decoder = Decoder(widths, cout)
+        self.encoder = Encoder(cin, widths, norm)
+        self.decoder = Decoder(widths, cout, norm)
 
     def forward(self, x):
         return self.decoder(self.encoder(x))

@@ -1,16 +1,17 @@
 """Trains a lesion segmentation network (early fusion of SUV, CT and, unless --no-prior, the
-anomaly prior) on one annotation source of the phantoms (make_data.py --models, so the prior
-is the node's own). Loss: binary cross-entropy plus soft Dice; 60 % of the patches are centred
-near a labelled voxel, 20 % on a hot unlabelled one (SUV above 3: brain, heart, kidneys, bladder,
-the confounders the readers leave out), the rest anywhere in the body (including lesion-free
-studies).
+anomaly prior; --channels adds e.g. the soft-tissue CT window) on one annotation source of the
+phantoms (make_data.py --models, so the prior is the node's own). Loss: binary cross-entropy plus
+soft Dice; 60 % of the patches are centred near a labelled voxel, 20 % on a hot unlabelled one
+(SUV above 3: brain, heart, kidneys, bladder, the confounders the readers leave out), the rest
+anywhere in the body (including lesion-free studies).
 
     train_seg.py --data var/training/lesion --labels high_specificity --out var/training/seg-hspec.pt \
-        [--validate var/training/validation --validate-every 500]
+        [--validate var/training/validation --validate-every 500] [--norm batch]
 
 With --validate it prints, every so many steps, the Dice of each validation study against the
-trained labels on the model grid (sliding windows of the training patch, overlap 0.25, within the
-body's bounding box) and keeps the checkpoint with the best mean beside the last one (`-best.pt`).
+trained labels on the model grid (the node's windows: the training patch under instance
+normalisation, data.SERVE_PATCH under --norm batch; overlap 0.5; within the body's bounding box)
+and keeps the checkpoint with the best mean beside the last one (`-best.pt`).
 """
 import argparse
 
@@ -48,12 +49,8 @@ def sample(cases, labels, rng, size, channels):
         centre = region[rng.integers(len(region))]
     else:
         centre = case.body_voxels[rng.integers(len(case.body_voxels))]
-    sources = {
-        "suv": lambda: data.crop(case.suv, centre, size, 0.0),
-        "ct_hu": lambda: data.crop(case.ct, centre, size, -1000.0),
-        "anomaly_prior": lambda: data.crop(case.prior, centre, size, 0.0),
-    }
-    x = np.stack([data.normalise(s, sources[s]()) for s in channels])
+    x = np.stack([data.normalise(c, data.crop(v, centre, size, data.AIR[data.CHANNELS[c][0]]))
+                  for c, v in zip(channels, case_inputs(case, channels))])
     if rng.random() < 0.5:  # left-right flip: lesions occur on both sides
         x, yy = x[..., ::-1], data.crop(y, centre, size, 0)[..., ::-1]
     else:
@@ -61,9 +58,14 @@ def sample(cases, labels, rng, size, channels):
     return np.ascontiguousarray(x), np.ascontiguousarray(yy[None].astype(np.float32))
 
 
-def inputs(case, channels):
+def case_inputs(case, channels):
+    """Each channel's source volume (before normalisation) in `case`."""
     sources = {"suv": case.suv, "ct_hu": case.ct, "anomaly_prior": case.prior}
-    return np.stack([data.normalise(s, sources[s]) for s in channels])
+    return [sources[data.CHANNELS[c][0]] for c in channels]
+
+
+def inputs(case, channels):
+    return np.stack([data.normalise(c, v) for c, v in zip(channels, case_inputs(case, channels))])
 
 
 def dice(pred, ref):
@@ -72,11 +74,12 @@ def dice(pred, ref):
 
 
 def validation_dice(net, case, channels, labels, patch):
-    """Dice of the net's mask (probability 0.5) against `labels` within the body's bounding box."""
+    """Dice of the net's mask (probability 0.5) against `labels` within the body's bounding box, on
+    the node's windows (`patch`, overlap 0.5)."""
     box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(case.body)[0])
     predict = lambda batch: net(torch.from_numpy(batch)).numpy()
-    logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=(patch,) * 3,
-                          overlap=0.25, pad_values=data.air_values(channels))
+    logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=patch,
+                          batch_size=1, pad_values=data.air_values(channels))
     return dice(logits[0] > 0, case.labels[labels][box] != 0)
 
 
@@ -94,14 +97,19 @@ def main():
     p.add_argument("--seeds", help="train on these seeds only, e.g. 1000-1079,2000-2009")
     p.add_argument("--labels", required=True, choices=["high_sensitivity", "high_specificity", "truth"])
     p.add_argument("--out", required=True)
-    p.add_argument("--no-prior", action="store_true", help="the ablation: SUV and CT only")
+    p.add_argument("--no-prior", action="store_true", help="the ablation: without the anomaly prior")
+    p.add_argument("--channels", default="suv,ct_hu,anomaly_prior",
+                   help="input channels in order (data.CHANNELS); --no-prior drops anomaly_prior")
+    p.add_argument("--norm", choices=["batch", "instance"], default="instance",
+                   help="batch: served on data.SERVE_PATCH windows, larger than the patch (nets.norm_layer)")
     p.add_argument("--validate", nargs="*", default=[], help="case roots to validate on (never trained on)")
     p.add_argument("--validate-every", type=int, default=500)
     loop.add_args(p)
     args = p.parse_args()
     rng = loop.seeded(args)
-    channels = ["suv", "ct_hu"] + ([] if args.no_prior else ["anomaly_prior"])
-    cases = [c for root in args.data for c in data.load(root, with_prior=not args.no_prior, seeds=args.seeds)]
+    channels = [c for c in args.channels.split(",") if not (args.no_prior and c == "anomaly_prior")]
+    with_prior = "anomaly_prior" in channels
+    cases = [c for root in args.data for c in data.load(root, with_prior=with_prior, seeds=args.seeds)]
     for c in cases:
         # Only for the labels trained on.
         c.fg = np.argwhere(c.labels[args.labels] != 0).astype(np.int16)
@@ -115,13 +123,14 @@ def main():
 
     def checkpoint(net, steps):
         return {"task": "segmentation", "channels": channels, "labels": args.labels, "state_dict": net.state_dict(),
-                "base": args.base, "steps": steps, "args": vars(args)}
+                "base": args.base, "norm": args.norm, "steps": steps, "args": vars(args)}
 
-    validation = [c for root in args.validate for c in data.load(root, with_prior=not args.no_prior)]
+    validation = [c for root in args.validate for c in data.load(root, with_prior=with_prior)]
     best = {"dice": -1.0, "path": args.out.removesuffix(".pt") + "-best.pt"}
 
     def validate(net, steps):
-        dices = [validation_dice(net, c, channels, args.labels, args.patch) for c in validation]
+        patch = data.SERVE_PATCH if args.norm == "batch" else (args.patch,) * 3
+        dices = [validation_dice(net, c, channels, args.labels, patch) for c in validation]
         mean = float(np.mean(dices))
         if mean > best["dice"]:
             best["dice"] = mean
@@ -129,7 +138,7 @@ def main():
         cases = ", ".join(f"{c.meta['seed']} {d:.3f}" for c, d in zip(validation, dices))
         print(f"validation step {steps}: Dice {mean:.3f} ({cases}); best {best['dice']:.3f}", flush=True)
 
-    loop.train(nets.UNet(len(channels), 1, base=args.base), args, step, checkpoint,
+    loop.train(nets.UNet(len(channels), 1, base=args.base, norm=args.norm), args, step, checkpoint,
                validate if validation else None)
 
 if __name__ == "__main__":

@@ -636,3 +636,16 @@ impl Drop for Orthanc {
         let _ = self.child.wait();
     }
 }
+
+/// pydicom's bundled test files (one per transfer syntax, among others).
+pub fn pydicom_test_files() -> PathBuf {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import os, pydicom; print(os.path.join(os.path.dirname(pydicom.__file__), 'data', 'test_files'))",
+        ])
+        .output()
+        .expect("python3");
+    assert_success(&out, "locating pydicom's test files (pip install pydicom)");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
