@@ -48,14 +48,26 @@ fn index_map(moving: &Geometry, target: &Geometry, transform: &Rigid) -> IndexMa
 /// lies within half a voxel of the outermost voxel centres (the voxels' extent, as ITK has it);
 /// between the last centre and that edge the edge value is used.
 pub fn resample_linear(moving: &Volume<f32>, target: &Geometry, transform: &Rigid, outside: f32) -> Volume<f32> {
+    resample_linear_map(moving, target, transform, outside, |v| v)
+}
+
+/// [`resample_linear`] with each resampled value (or `outside`) passed through `emit` as it is
+/// written, so that e.g. a thresholded mask needs no float volume of its own.
+pub fn resample_linear_map<O: Copy + Default + Send>(
+    moving: &Volume<f32>,
+    target: &Geometry,
+    transform: &Rigid,
+    outside: f32,
+    emit: impl Fn(f32) -> O + Sync,
+) -> Volume<O> {
     let map = index_map(moving.geometry(), target, transform);
     let [nx, ny, _] = target.dims;
-    let mut out = vec![0f32; target.voxel_count().unwrap_or(0)];
+    let mut out = vec![O::default(); target.voxel_count().unwrap_or(0)];
     let separable = (0..3).all(|a| (0..3).all(|c| a == c || map.step[a][c].abs() < 1e-9));
     if separable {
-        resample_separable(moving, &map, target.dims, outside, &mut out);
+        resample_separable(moving, &map, target.dims, outside, &emit, &mut out);
     } else {
-        resample_general(moving, &map, nx, ny, outside, &mut out);
+        resample_general(moving, &map, nx, ny, outside, &emit, &mut out);
     }
     // The target geometry sized `out`, so the lengths agree.
     Volume::new(target.clone(), out).expect("resampled data matches the target geometry")
@@ -79,7 +91,14 @@ fn axis_taps(origin: f64, step: f64, count: usize, len: usize) -> Vec<Option<(us
 
 /// Grids whose axes are parallel (the usual PET/CT case): the interpolation separates into
 /// per-axis taps computed once, and each output row blends four input rows.
-fn resample_separable(moving: &Volume<f32>, map: &IndexMap, dims: [usize; 3], outside: f32, out: &mut [f32]) {
+fn resample_separable<O: Send>(
+    moving: &Volume<f32>,
+    map: &IndexMap,
+    dims: [usize; 3],
+    outside: f32,
+    emit: &(impl Fn(f32) -> O + Sync),
+    out: &mut [O],
+) {
     let [mx, my, mz] = moving.geometry().dims;
     let [nx, ny, nz] = dims;
     let xs = axis_taps(map.origin[0], map.step[0][0], nx, mx);
@@ -90,27 +109,35 @@ fn resample_separable(moving: &Volume<f32>, map: &IndexMap, dims: [usize; 3], ou
     out.par_chunks_mut(nx * ny).zip(zs.par_iter()).for_each(|(slice, z)| {
         for (row, y) in slice.chunks_exact_mut(nx).zip(&ys) {
             let (Some((z0, z1, fz)), Some((y0, y1, fy))) = (z, y) else {
-                row.fill(outside);
+                row.iter_mut().for_each(|v| *v = emit(outside));
                 continue;
             };
             let (r00, r10, r01, r11) = (row_of(*y0, *z0), row_of(*y1, *z0), row_of(*y0, *z1), row_of(*y1, *z1));
             let (w00, w10, w01, w11) = ((1.0 - fy) * (1.0 - fz), fy * (1.0 - fz), (1.0 - fy) * fz, fy * fz);
             for (v, x) in row.iter_mut().zip(&xs) {
-                *v = match x {
+                *v = emit(match x {
                     Some((x0, x1, fx)) => {
                         let at = |i: usize| w00 * r00[i] + w10 * r10[i] + w01 * r01[i] + w11 * r11[i];
                         let (a, b) = (at(*x0), at(*x1));
                         a + (b - a) * fx
                     }
                     None => outside,
-                };
+                });
             }
         }
     });
 }
 
 /// Any orientation and any rigid transform: every output voxel maps on its own.
-fn resample_general(moving: &Volume<f32>, map: &IndexMap, nx: usize, ny: usize, outside: f32, out: &mut [f32]) {
+fn resample_general<O: Send>(
+    moving: &Volume<f32>,
+    map: &IndexMap,
+    nx: usize,
+    ny: usize,
+    outside: f32,
+    emit: &(impl Fn(f32) -> O + Sync),
+    out: &mut [O],
+) {
     let [mx, my, mz] = moving.geometry().dims;
     let src = moving.data();
     let limit = |n: usize| (-0.5, n as f64 - 0.5);
@@ -124,12 +151,12 @@ fn resample_general(moving: &Volume<f32>, map: &IndexMap, nx: usize, ny: usize, 
                 let y = base[1] + i as f64 * map.step[0][1];
                 let z = base[2] + i as f64 * map.step[0][2];
                 if x < lx.0 || x > lx.1 || y < ly.0 || y > ly.1 || z < lz.0 || z > lz.1 {
-                    *v = outside;
+                    *v = emit(outside);
                     continue;
                 }
                 let (x, y, z) =
                     (x.clamp(0.0, (mx - 1) as f64), y.clamp(0.0, (my - 1) as f64), z.clamp(0.0, (mz - 1) as f64));
-                *v = interpolate(src, [mx, my, mz], [x, y, z]);
+                *v = emit(interpolate(src, [mx, my, mz], [x, y, z]));
             }
         }
     });
@@ -378,7 +405,7 @@ mod tests {
         }
         let map = index_map(moving.geometry(), &target, &Rigid::IDENTITY);
         let mut general = vec![0f32; 40 * 37 * 29];
-        resample_general(&moving, &map, 40, 37, -3.0, &mut general);
+        resample_general(&moving, &map, 40, 37, -3.0, &|v| v, &mut general);
         let separable = resample_linear(&moving, &target, &Rigid::IDENTITY, -3.0);
         for (a, b) in separable.data().iter().zip(&general) {
             assert!((a - b).abs() < 1e-3, "{a} vs {b}");

@@ -468,7 +468,8 @@ pub fn process(
         outputs.extend(export_masks(out, &segments, &methods)?);
         outputs.push(export(out, "lesions.nii.gz", &labels, "lesion labels as in findings.json, CT grid")?);
         if let Some(a) = &inferred.anomaly {
-            outputs.push(export(out, "anomaly.nii.gz", &a.probability, "anomaly probability, CT grid")?);
+            let probability = a.probability_on(ct_series.volume.geometry(), &body);
+            outputs.push(export(out, "anomaly.nii.gz", &probability, "anomaly probability, CT grid")?);
         }
     }
     // With models, the grid they work on; else the one asked for.

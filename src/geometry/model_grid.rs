@@ -5,7 +5,7 @@
 
 use rayon::prelude::*;
 
-use super::{Rigid, blur_and_decimate_map, resample_linear};
+use super::{Rigid, blur_and_decimate_map, resample_linear, resample_linear_map};
 use crate::volume::{Geometry, Volume};
 
 /// FWHM to sigma of a Gaussian.
@@ -101,6 +101,12 @@ pub fn from_grid(map: &Volume<f32>, ct: &Geometry) -> Volume<f32> {
     resample_linear(map, ct, &Rigid::IDENTITY, 0.0)
 }
 
+/// [`from_grid`] as a mask: 1 where the map reaches `threshold`, with no float volume on the CT
+/// grid in between.
+pub fn mask_from_grid(map: &Volume<f32>, ct: &Geometry, threshold: f32) -> Volume<u8> {
+    resample_linear_map(map, ct, &Rigid::IDENTITY, 0.0, |v| u8::from(v >= threshold))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +134,19 @@ mod tests {
         for axis in 0..3 {
             assert!((a[axis] - b[axis]).abs() < 1e-9, "{a:?} {b:?}");
         }
+    }
+
+    #[test]
+    fn a_mask_from_the_grid_is_the_thresholded_map() {
+        let ct = ct_geometry();
+        let g = model_grid(&ct, [4.0, 4.0, 4.0]);
+        let n = g.voxel_count().unwrap();
+        let map = Volume::new(g, (0..n).map(|i| ((i * 7919) % 1000) as f32 / 1000.0).collect()).unwrap();
+        let mask = mask_from_grid(&map, &ct, 0.5);
+        let want: Vec<u8> = from_grid(&map, &ct).data().iter().map(|&v| u8::from(v >= 0.5)).collect();
+        assert_eq!(mask.geometry(), &ct);
+        assert_eq!(mask.data(), &want[..]);
+        assert!(want.contains(&0) && want.contains(&1));
     }
 
     #[test]

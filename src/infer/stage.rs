@@ -1,14 +1,16 @@
 //! The pipeline's `infer` stage: the configured models on one study. Channels go onto each
 //! model's grid (cropped to the body's bounding box plus a margin: outside it the inputs are
 //! air, so only speed changes), the anomaly model runs first and its probability map becomes
-//! the prior of the segmentation models, and every output comes back onto the CT grid.
+//! the prior of the segmentation models, and the masks come back onto the CT grid. Probabilities
+//! stay on the model grid (a CT-grid map of floats is 315 MB for a 512x512x300 CT); the anomaly
+//! map goes onto the CT grid only when it is exported.
 
 use std::time::Instant;
 
 use rayon::prelude::*;
 
 use super::{Channels, InferError, Models};
-use crate::geometry::model_grid::{from_grid, mask_to_grid, model_grid, to_grid};
+use crate::geometry::model_grid::{from_grid, mask_from_grid, mask_to_grid, model_grid, to_grid};
 use crate::geometry::{Rigid, resample_linear};
 use crate::quantify::Mask;
 use crate::volume::{Geometry, Volume};
@@ -25,9 +27,7 @@ pub struct SegmentationResult {
     pub name: String,
     pub version: String,
     pub annotation_source: Option<String>,
-    /// Foreground probability on the CT grid.
-    pub probability: Volume<f32>,
-    /// `probability >= threshold` inside the body.
+    /// Foreground probability at least the threshold, on the CT grid, inside the body.
     pub mask: Mask,
 }
 
@@ -36,12 +36,17 @@ pub struct SegmentationResult {
 pub struct AnomalyResult {
     pub name: String,
     pub version: String,
-    /// Voxel anomaly probability on the CT grid.
-    pub probability: Volume<f32>,
-    /// The same on the whole (uncropped) model grid, as `run --export-volumes` writes it for
-    /// training.
+    /// Voxel anomaly probability on the whole (uncropped) model grid, as `run --export-volumes`
+    /// writes it for training.
     pub on_model_grid: Volume<f32>,
     pub score: f64,
+}
+
+impl AnomalyResult {
+    /// The voxel anomaly probability on the CT grid `ct`, 0 outside `body` (on that grid).
+    pub fn probability_on(&self, ct: &Geometry, body: &Mask) -> Volume<f32> {
+        inside(from_grid(&self.on_model_grid, ct), body)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -154,15 +159,12 @@ pub fn run_models(
         let t = Instant::now();
         let map = model.anomaly(&channels, &g.body)?;
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
-        let t = Instant::now();
         inferred.anomaly = Some(AnomalyResult {
             name: model.name().to_string(),
             version: model.manifest().version.clone(),
-            probability: inside(from_grid(&map.probability, ct), body),
             on_model_grid: resample_linear(&map.probability, &g.full, &Rigid::IDENTITY, 0.0),
             score: map.score,
         });
-        tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "back on the CT grid");
         prior = Some(map.probability);
     }
     for model in models.segmentation() {
@@ -180,16 +182,14 @@ pub fn run_models(
         let p = model.segment(&channels)?;
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
         let t = Instant::now();
-        let probability = inside(from_grid(&p, ct), body);
         let threshold = model.manifest().threshold.unwrap_or(0.5) as f32;
-        let mask = probability.data().par_iter().map(|&v| u8::from(v >= threshold)).collect();
+        let mut mask = mask_from_grid(&p, ct, threshold);
+        mask.data_mut().par_iter_mut().zip(body.data().par_iter()).for_each(|(m, &b)| *m &= u8::from(b != 0));
         inferred.segmentations.push(SegmentationResult {
             name: model.name().to_string(),
             version: model.manifest().version.clone(),
             annotation_source: model.manifest().annotation_source.clone(),
-            // Same grid as the CT.
-            mask: Volume::new(ct.clone(), mask).expect("mask on the CT grid"),
-            probability,
+            mask,
         });
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "back on the CT grid");
     }
