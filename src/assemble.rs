@@ -435,18 +435,11 @@ fn encapsulated_into(
     if rows * cols != out.len() {
         return Err(Malformed(format!("Rows {rows} and Columns {cols} for a {}-pixel slice", out.len())));
     }
-    let mut stream = match fragments {
+    let stream = match fragments {
         Some([one]) => Cow::Borrowed(one.as_slice()),
         Some(many) if !many.is_empty() => Cow::Owned(many.concat()),
         _ => return Err(Malformed(format!("{name} transfer syntax without encapsulated pixel data"))),
     };
-    // DCMTK pads an odd-length stream with a fill byte before EOI (FF FF D9), as T.81 B.1.1.2
-    // allows before any marker; the JPEG-LS decoder wants EOI right after the scan, whose data
-    // never ends in FF.
-    while stream.ends_with(&[0xFF, 0xFF, 0xD9]) {
-        let fill = stream.len() - 3;
-        stream.to_mut().remove(fill);
-    }
     let frame = codec.decode(&stream, (rows, cols))?;
     if !codec.precision_fits(frame.precision, stored) {
         return Err(Malformed(format!("the {name} frame has {} bits, Bits Stored is {stored}", frame.precision)));

@@ -13,13 +13,14 @@ pub enum CodecError {
     Malformed(String),
 }
 
+use std::borrow::Cow;
+
 use CodecError::{Malformed, Unsupported};
 
-/// A decoded frame: samples row by row, unsigned, below 2^precision.
+/// A decoded frame of the size the caller gave: samples row by row, unsigned, below
+/// 2^precision.
 pub struct Frame {
     pub precision: u32,
-    pub rows: usize,
-    pub cols: usize,
     pub samples: Vec<u16>,
 }
 
@@ -83,6 +84,15 @@ fn single_component_frame(segment: &[u8], name: &str, size: (usize, usize)) -> R
 /// `jpegls` crate decodes; a panic in it is an error. `size`: the frame's (rows, columns).
 pub fn jpeg_ls(stream: &[u8], size: (usize, usize)) -> Result<Frame, CodecError> {
     let (rows, cols) = size;
+    // DCMTK pads an odd-length stream with a fill byte before EOI (FF FF D9), as T.81 B.1.1.2
+    // allows before any marker; `jpegls` wants EOI right after the scan, whose data never ends
+    // in FF.
+    let mut stream = Cow::Borrowed(stream);
+    while stream.ends_with(&[0xFF, 0xFF, 0xD9]) {
+        let fill = stream.len() - 3;
+        stream.to_mut().remove(fill);
+    }
+    let stream = stream.as_ref();
     let mut frame = None;
     for (marker, _, segment) in header_segments(stream, "JPEG-LS")? {
         match marker {
@@ -123,7 +133,7 @@ pub fn jpeg_ls(stream: &[u8], size: (usize, usize)) -> Result<Frame, CodecError>
                 if (width as usize, height as usize) != (cols, rows) || samples.len() != rows * cols {
                     return Err(Malformed(format!("JPEG-LS decoded {width}x{height} into {} samples", samples.len())));
                 }
-                return Ok(Frame { precision, rows, cols, samples });
+                return Ok(Frame { precision, samples });
             }
             // Other SOFn: a JPEG process, not JPEG-LS.
             0xFFC0..=0xFFCF if !matches!(marker, 0xFFC4 | 0xFFC8 | 0xFFCC) => {
@@ -143,7 +153,6 @@ const ZIGZAG: [usize; 64] = [
 ];
 
 /// A Huffman table in the form of T.81 F.2.2.3's DECODE procedure.
-#[derive(Clone)]
 struct Huffman {
     /// The largest code of each length 1..=16 (-1 when there is none).
     max_code: [i32; 17],
@@ -441,5 +450,5 @@ pub fn jpeg_extended(stream: &[u8], size: (usize, usize)) -> Result<Frame, Codec
     if bits.overrun() {
         return Err(Malformed("the entropy-coded data ends before the last block".into()));
     }
-    Ok(Frame { precision, rows, cols, samples })
+    Ok(Frame { precision, samples })
 }

@@ -1,6 +1,7 @@
 //! The pipeline's `infer` stage: the configured models on one study. Channels go onto each
-//! model's grid (cropped to the body's bounding box plus a margin: outside it the inputs are
-//! air, so only speed changes), the anomaly model runs first and its probability map becomes
+//! model's grid, cropped to the body's bounding box plus a margin (outside it the inputs are
+//! padded as air; the windows are placed on the crop, which instance-normalised nets notice:
+//! docs/models.md), the anomaly model runs first and its probability map becomes
 //! the prior of the segmentation models, and the masks come back onto the CT grid. Probabilities
 //! stay on the model grid (a CT-grid map of floats is 315 MB for a 512x512x300 CT); the anomaly
 //! map goes onto the CT grid only when it is exported.
