@@ -31,7 +31,12 @@ def model(name):
                                                  multiple=manifest["size_multiple"])
 
 
-(manifest, ae), segs = model("anomaly-ae"), [model(n)[1] for n in ("seg-high-sensitivity", "seg-high-specificity")]
+def normalised(spec, x):
+    """One of a manifest's [[inputs]] applied to its source volume (or value)."""
+    return ((np.clip(x, *spec["clip"]) - spec["offset"]) / spec["scale"]).astype(np.float32)
+
+
+(manifest, ae), segs = model("anomaly-ae"), [model(n) for n in ("seg-high-sensitivity", "seg-high-specificity")]
 cal = manifest["anomaly"]
 threshold = cal["mask_threshold_suv"]
 best = None
@@ -43,9 +48,11 @@ for r in range(rounds):
     low, high = cal.get("prior_z_low", cal["z_low"]), cal.get("prior_z_high", cal["z_high"])
     prior = np.where(body > 0, np.clip((z - low) / (high - low), 0, 1), 0)
     prior = prior.astype(np.float32)
-    for s in segs:
-        x = np.stack([data.normalise("suv", suv), data.normalise("ct_hu", ct), prior])
-        s(x, data.air_values(["suv", "ct_hu", "anomaly_prior"]))
+    sources = {"suv": suv, "ct_hu": ct, "anomaly_prior": prior}
+    for seg_manifest, s in segs:
+        inputs = seg_manifest["inputs"]
+        x = np.stack([normalised(i, sources[i["source"]]) for i in inputs])
+        s(x, np.array([normalised(i, data.AIR[i["source"]]) for i in inputs], dtype=np.float32))
     took = time.time() - t0
     best = took if best is None else min(best, took)
     print(f"round {r + 1}: Python onnxruntime + MONAI-style sliding window {took:.2f} s", flush=True)

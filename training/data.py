@@ -5,7 +5,8 @@ import json
 import os
 
 import numpy as np
-import SimpleITK as sitk
+
+import nifti
 
 # Voxels above this SUV are hidden from the anomaly detector (its manifest's mask_threshold_suv).
 MASK_THRESHOLD_SUV = 2.5
@@ -59,7 +60,7 @@ def anomaly_inputs(suv, ct, hidden):
 
 
 def read(path):
-    return sitk.GetArrayFromImage(sitk.ReadImage(path))  # (z, y, x)
+    return nifti.read(path).array  # (z, y, x)
 
 
 class Case:

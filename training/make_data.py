@@ -6,7 +6,7 @@ phantom's truth and reader masks are put on the same model grid here (Gaussian-f
 >= 0.5, as the node does with its body mask). With --models CONFIG the node also runs the
 configured models (e.g. the anomaly detector) and exports their maps on the model grid.
 
-    make_data.py --seeds 1000-1059 --out var/training/lesion [--normal] [--models CONFIG]
+    make_data.py --seeds 1000-1059 --out var/training/lesion [--normal] [--models CONFIG] [--jobs N]
 
 Each case folder holds model_grid/{suv,ct_hu,body[,anomaly_prior]}.nii.gz and
 labels/{truth,high_sensitivity,high_specificity}.nii.gz. Existing complete cases are kept.
@@ -19,9 +19,12 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-import SimpleITK as sitk
+from scipy import ndimage
+
+import nifti
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENDORS = ["siemens", "ge", "philips-bqml", "philips-cnts"]
@@ -44,24 +47,25 @@ def seeds(spec):
 def mask_to_grid(mask_path, reference):
     """Foreground fraction filtered to the grid's resolution, sampled, >= 0.5 (the node's rule).
     Only the masks' bounding box (plus the filter's reach) is filtered: they are sparse."""
-    m = sitk.ReadImage(mask_path)
-    a = sitk.GetArrayViewFromImage(m)
-    nz = np.argwhere(a != 0)
+    m = nifti.read(mask_path)
+    nz = np.argwhere(m.array != 0)
     if len(nz) == 0:
-        empty = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
-        empty.CopyInformation(reference)
-        return empty
-    fine, coarse = np.array(m.GetSpacing()), np.array(reference.GetSpacing())
+        return np.zeros(reference.array.shape, dtype=np.uint8)
+    fine, coarse = m.spacing, reference.spacing  # x, y, z
     sigma = np.sqrt(np.maximum(coarse**2 - fine**2, 0.0)) / FWHM_PER_SIGMA
     margin = np.ceil((3 * sigma + coarse) / fine).astype(int)[::-1]  # z, y, x
     lo = np.maximum(nz.min(0) - margin, 0)
-    hi = np.minimum(nz.max(0) + margin + 1, a.shape)
-    box = m[int(lo[2]):int(hi[2]), int(lo[1]):int(hi[1]), int(lo[0]):int(hi[0])]
-    fraction = sitk.Cast(sitk.NotEqual(box, 0), sitk.sitkFloat32)
-    if sigma.max() > 0:
-        fraction = sitk.SmoothingRecursiveGaussian(fraction, [float(max(s, 1e-3)) for s in sigma])
-    on_grid = sitk.Resample(fraction, reference, sitk.Transform(), sitk.sitkLinear, 0.0)
-    return sitk.Cast(sitk.GreaterEqual(on_grid, 0.5), sitk.sitkUInt8)
+    hi = np.minimum(nz.max(0) + margin + 1, m.array.shape)
+    box = (m.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] != 0).astype(np.float32)
+    fraction = ndimage.gaussian_filter(box, (sigma / fine)[::-1], mode="nearest", truncate=4.0)
+    # Every grid voxel's centre as a continuous (z, y, x) index of the box, linearly sampled.
+    to_mask = np.linalg.inv(m.affine) @ reference.affine
+    shape = reference.array.shape
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
+    ijk = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
+    at = (to_mask @ ijk)[:3][::-1] - lo[:, None]
+    sampled = ndimage.map_coordinates(fraction, at, order=1, mode="constant", cval=0.0)
+    return (sampled.reshape(shape) >= 0.5).astype(np.uint8)
 
 
 def make_case(binary, seed, out, args):
@@ -83,10 +87,10 @@ def make_case(binary, seed, out, args):
         summary = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
         os.makedirs(os.path.join(case, "labels"))
         shutil.copytree(os.path.join(run, "model_grid"), os.path.join(case, "model_grid"))
-        reference = sitk.ReadImage(os.path.join(case, "model_grid", "suv.nii.gz"))
+        reference = nifti.read(os.path.join(case, "model_grid", "suv.nii.gz"))
         for name, file in LABELS.items():
-            sitk.WriteImage(mask_to_grid(os.path.join(study, "truth", file), reference),
-                            os.path.join(case, "labels", f"{name}.nii.gz"), useCompression=True)
+            nifti.write_like(os.path.join(case, "labels", f"{name}.nii.gz"),
+                             mask_to_grid(os.path.join(study, "truth", file), reference), reference)
         truth = json.load(open(os.path.join(study, "truth", "truth.json")))
         if args.keep_ct_grid:
             # Evaluation on the CT grid: the reference masks as the phantom wrote them.
@@ -109,15 +113,22 @@ def main():
     p.add_argument("--models", help="node config with [[models]]: also export their maps")
     p.add_argument("--keep-ct-grid", action="store_true", help="also keep the CT-grid truth (evaluation)")
     p.add_argument("--scratch", default=None, help="temporary folder (default: system temp)")
+    p.add_argument("--jobs", type=int, default=1, help="cases made side by side")
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "petct-node"))
     args = p.parse_args()
     if not os.path.exists(args.binary):
         sys.exit(f"{args.binary} not found: run `cargo build --release` first")
     os.makedirs(args.out, exist_ok=True)
-    for seed in seeds(args.seeds):
+
+    def one(seed):
         t0 = time.time()
         made = make_case(args.binary, seed, args.out, args)
         print(f"seed {seed}: {'made' if made else 'kept'} in {time.time() - t0:.1f} s", flush=True)
+
+    # Each case is a node process (its threads: RAYON_NUM_THREADS and the config's [inference]).
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for _ in pool.map(one, seeds(args.seeds)):
+            pass
 
 
 if __name__ == "__main__":

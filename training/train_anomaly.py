@@ -135,7 +135,8 @@ def main():
     size = (args.patch,) * 3
 
     def step(net, report):
-        x, y, w, kind = batch(cases, organs, rng, size, args.batch, args.hot_balance, args.hot_centre)
+        x, y, w, kind = (t.to(args.device) for t in batch(cases, organs, rng, size, args.batch, args.hot_balance,
+                                                          args.hot_centre))
         out = net(x)
         loss = loss_fn(out, y, w, ((kind == HOT) | (kind == URINE)).float(), args.hot_l2)
         if not report:

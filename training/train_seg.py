@@ -36,7 +36,7 @@ def hot_regions(case, label):
             for i, box in enumerate(ndimage.find_objects(regions), start=1)]
 
 
-def sample(cases, labels, rng, size, channels):
+def sample(cases, labels, rng, size, channels, prior_dropout=0.0):
     case = cases[rng.integers(len(cases))]
     y = case.labels[labels]
     fg = case.fg
@@ -51,6 +51,10 @@ def sample(cases, labels, rng, size, channels):
         centre = case.body_voxels[rng.integers(len(case.body_voxels))]
     x = np.stack([data.normalise(c, data.crop(v, centre, size, data.AIR[data.CHANNELS[c][0]]))
                   for c, v in zip(channels, case_inputs(case, channels))])
+    if prior_dropout and "anomaly_prior" in channels and rng.random() < prior_dropout:
+        # The prior is 0 in many lesions (large, low-contrast ones); a net that always sees it
+        # learns to wait for it. Without it now and then, SUV and CT must carry the decision.
+        x[channels.index("anomaly_prior")] = data.air_values(["anomaly_prior"])[0]
     if rng.random() < 0.5:  # left-right flip: lesions occur on both sides
         x, yy = x[..., ::-1], data.crop(y, centre, size, 0)[..., ::-1]
     else:
@@ -73,11 +77,11 @@ def dice(pred, ref):
     return 1.0 if total == 0 else float(2 * (pred & ref).sum() / total)
 
 
-def validation_dice(net, case, channels, labels, patch):
+def validation_dice(net, case, channels, labels, patch, device):
     """Dice of the net's mask (probability 0.5) against `labels` within the body's bounding box, on
     the node's windows (`patch`, overlap 0.5)."""
     box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(case.body)[0])
-    predict = lambda batch: net(torch.from_numpy(batch)).numpy()
+    predict = lambda batch: net(torch.from_numpy(batch).to(device)).cpu().numpy()
     logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=patch,
                           batch_size=1, pad_values=data.air_values(channels))
     return dice(logits[0] > 0, case.labels[labels][box] != 0)
@@ -100,6 +104,8 @@ def main():
     p.add_argument("--no-prior", action="store_true", help="the ablation: without the anomaly prior")
     p.add_argument("--channels", default="suv,ct_hu,anomaly_prior",
                    help="input channels in order (data.CHANNELS); --no-prior drops anomaly_prior")
+    p.add_argument("--prior-dropout", type=float, default=0.0,
+                   help="the fraction of patches whose prior channel is blanked (as outside the body)")
     p.add_argument("--norm", choices=["batch", "instance"], default="instance",
                    help="batch: served on data.SERVE_PATCH windows, larger than the patch (nets.norm_layer)")
     p.add_argument("--validate", nargs="*", default=[], help="case roots to validate on (never trained on)")
@@ -118,8 +124,10 @@ def main():
     size = (args.patch,) * 3
 
     def step(net, report):
-        xs, ys = zip(*[sample(cases, args.labels, rng, size, channels) for _ in range(args.batch)])
-        return loss_fn(net(torch.from_numpy(np.stack(xs))), torch.from_numpy(np.stack(ys))), ""
+        xs, ys = zip(*[sample(cases, args.labels, rng, size, channels, args.prior_dropout)
+                          for _ in range(args.batch)])
+        x, y = (torch.from_numpy(np.stack(a)).to(args.device) for a in (xs, ys))
+        return loss_fn(net(x), y), ""
 
     def checkpoint(net, steps):
         return {"task": "segmentation", "channels": channels, "labels": args.labels, "state_dict": net.state_dict(),
@@ -130,7 +138,7 @@ def main():
 
     def validate(net, steps):
         patch = data.SERVE_PATCH if args.norm == "batch" else (args.patch,) * 3
-        dices = [validation_dice(net, c, channels, args.labels, patch) for c in validation]
+        dices = [validation_dice(net, c, channels, args.labels, patch, args.device) for c in validation]
         mean = float(np.mean(dices))
         if mean > best["dice"]:
             best["dice"] = mean
