@@ -9,11 +9,13 @@
 # From the environment: PYTHON, JOBS (node processes), BINARY, SCRATCH (temporary studies),
 # DEVICE (cuda), LESION / NORMAL / VALIDATION (seed ranges), DATA_SECONDS.
 #
-# OUT gets lesion/, normal-prior/, validation/, the checkpoints and one log per net.
+# OUT gets lesion/, normal-prior/, validation/, the checkpoints and one log per net. The shipped
+# 2.0.0 nets came from JOBS=9 DATA_SECONDS=200, which reached LESION=1000-1056,1059 and
+# NORMAL=2000-2008 (training/README.md item 19): give those to make the same data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: training/gpu_chain.sh OUT [STEPS]}
-steps=${2:-5000}
+steps=${2:-6000}
 P=${PYTHON:-python3}
 jobs=${JOBS:-8}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
@@ -37,7 +39,7 @@ done
 echo "data: $((SECONDS - t0)) s, $(ls "$out"/*/case*/done.json | wc -l) cases"
 
 S=(--data "$out/lesion" "$out/normal-prior" --patch 48 --threads 1 --steps "$steps"
-   --validate "$out/validation" --validate-every 1000 --norm batch
+   --validate "$out/validation" --validate-every 2000 --norm batch
    --channels suv,ct_hu,ct_soft,anomaly_prior --device "${DEVICE:-cuda}")
 t1=$SECONDS
 pids=()
