@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
 # The segmentation part of training/README.md's chain on one machine with many cores and a GPU:
 # the training data made side by side (JOBS node processes of RAYON_NUM_THREADS threads), then
-# the four nets trained at once on the GPU, each with the same steps it takes on the CPU (the
-# recipe stays one that the 2-core machine trains in under 45 minutes; the GPU only saves time).
+# the nets trained on the GPU, each with the same steps it takes on the CPU (the recipe stays one
+# that the 2-core machine trains in under 45 minutes; the GPU only saves time): the readers' nets
+# (STEPS, the prior from the start) beside the truth's first part without the prior (BASE_STEPS),
+# then `seg-truth` (the prior added) and its ablation `seg-no-prior` (without it) from that first
+# part (FINE_STEPS each; training/README.md item 24).
 #
 #   training/gpu_chain.sh OUT [STEPS]
 #
 # From the environment: PYTHON, JOBS (node processes), BINARY, SCRATCH (temporary studies),
-# DEVICE (cuda), LESION / NORMAL / VALIDATION (seed ranges), DATA_SECONDS.
+# DEVICE (cuda), LESION / NORMAL / VALIDATION (seed ranges), DATA_SECONDS, BASE_STEPS (8000),
+# FINE_STEPS (4000).
 #
 # OUT gets lesion/, normal-prior/, validation/, the checkpoints and one log per net. The shipped
-# 2.0.0 nets came from JOBS=9 DATA_SECONDS=200, which reached LESION=1000-1056,1059 and
+# nets' data came from JOBS=9 DATA_SECONDS=200, which reached LESION=1000-1056,1059 and
 # NORMAL=2000-2008 (training/README.md item 19): give those to make the same data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,16 +42,25 @@ for pid in "${pids[@]}"; do
 done
 echo "data: $((SECONDS - t0)) s, $(ls "$out"/*/case*/done.json | wc -l) cases"
 
-S=(--data "$out/lesion" "$out/normal-prior" --patch 48 --threads 1 --steps "$steps"
-   --validate "$out/validation" --validate-every 2000 --norm batch
-   --channels suv,ct_hu,ct_soft,anomaly_prior --device "${DEVICE:-cuda}")
+S=(--data "$out/lesion" "$out/normal-prior" --patch 48 --threads 1 --validate "$out/validation"
+   --norm batch --channels suv,ct_hu,ct_soft,anomaly_prior --device "${DEVICE:-cuda}")
 t1=$SECONDS
-pids=()
-for net in "truth seg-truth" "truth seg-no-prior --no-prior" "high_sensitivity seg-hsens" \
-           "high_specificity seg-hspec"; do
-  set -- $net
-  $P training/train_seg.py "${S[@]}" --labels "$1" --out "$out/$2.pt" "${@:3}" >"$out/$2.log" 2>&1 &
+train() {  # NAME LABELS STEPS VALIDATE_EVERY [ARGS...]: runs in the background
+  $P training/train_seg.py "${S[@]}" --out "$out/$1.pt" --labels "$2" --steps "$3" --validate-every "$4" "${@:5}" \
+    >"$out/$1.log" 2>&1 &
   pids+=($!)
-done
-for pid in "${pids[@]}"; do wait "$pid" || { echo "training failed: see $out/*.log" >&2; exit 1; }; done
+}
+finish() {
+  for pid in "${pids[@]}"; do wait "$pid" || { echo "training failed: see $out/*.log" >&2; exit 1; }; done
+  pids=()
+}
+pids=()
+train seg-hsens high_sensitivity "$steps" 2000
+train seg-hspec high_specificity "$steps" 2000
+train seg-base truth "${BASE_STEPS:-8000}" 2000 --no-prior
+finish
+fine=(--init "$out/seg-base.pt" --lr 1e-3 --seed 2)
+train seg-truth truth "${FINE_STEPS:-4000}" 1000 "${fine[@]}"
+train seg-no-prior truth "${FINE_STEPS:-4000}" 1000 "${fine[@]}" --no-prior
+finish
 echo "training: $((SECONDS - t1)) s"

@@ -87,6 +87,26 @@ def validation_dice(net, case, channels, labels, patch, device):
     return dice(logits[0] > 0, case.labels[labels][box] != 0)
 
 
+def initialise(net, path, channels, norm, base):
+    """Loads the checkpoint at `path` into `net`. Input channels the checkpoint lacks (e.g. the
+    prior, on a no-prior net) get zero weights in the first convolution, so the net starts as
+    exactly that net and learns only what the new channels add (training/README.md, item 24)."""
+    ck = torch.load(path, map_location="cpu")
+    if (ck["norm"], ck["base"]) != (norm, base):
+        raise SystemExit(f"--init {path}: norm {ck['norm']}, base {ck['base']}; this run: norm {norm}, base {base}")
+    missing = [c for c in ck["channels"] if c not in channels]
+    if missing:
+        raise SystemExit(f"--init {path}: channels {missing} are not among this run's {channels}")
+    state = dict(ck["state_dict"])
+    first = "encoder.blocks.0.0.weight"
+    weight = torch.zeros_like(net.state_dict()[first])
+    for i, c in enumerate(ck["channels"]):
+        weight[:, channels.index(c)] = state[first][:, i]
+    state[first] = weight
+    net.load_state_dict(state)
+    print(f"initialised from {path} ({ck['steps']} steps, channels {ck['channels']})", flush=True)
+
+
 def loss_fn(logits, y):
     bce = F.binary_cross_entropy_with_logits(logits, y)
     p = torch.sigmoid(logits)
@@ -108,6 +128,7 @@ def main():
                    help="the fraction of patches whose prior channel is blanked (as outside the body)")
     p.add_argument("--norm", choices=["batch", "instance"], default="instance",
                    help="batch: served on data.SERVE_PATCH windows, larger than the patch (nets.norm_layer)")
+    p.add_argument("--init", help="start from this checkpoint (same norm and base); channels it lacks start at zero weight")
     p.add_argument("--validate", nargs="*", default=[], help="case roots to validate on (never trained on)")
     p.add_argument("--validate-every", type=int, default=500)
     loop.add_args(p)
@@ -146,8 +167,10 @@ def main():
         cases = ", ".join(f"{c.meta['seed']} {d:.3f}" for c, d in zip(validation, dices))
         print(f"validation step {steps}: Dice {mean:.3f} ({cases}); best {best['dice']:.3f}", flush=True)
 
-    loop.train(nets.UNet(len(channels), 1, base=args.base, norm=args.norm), args, step, checkpoint,
-               validate if validation else None)
+    net = nets.UNet(len(channels), 1, base=args.base, norm=args.norm)
+    if args.init:
+        initialise(net, args.init, channels, args.norm, args.base)
+    loop.train(net, args, step, checkpoint, validate if validation else None)
 
 if __name__ == "__main__":
     main()
