@@ -161,4 +161,10 @@ fn the_model_grid_keeps_the_box_the_activity_and_the_body() {
     assert!(body > 0.2 && body < 0.9, "{check}");
     assert!(check["hu_outside_body_mean"].as_f64().unwrap() < -800.0, "{check}");
     assert!((check["density_ratio"].as_f64().unwrap() - 1.0).abs() < 0.02, "CT not preserved: {check}");
+    // training/nifti.py reads what SimpleITK reads and writes labels SimpleITK reads back.
+    let training = &check["training_reader"];
+    assert_eq!(training["value_error"], 0.0, "{check}");
+    assert!(training["affine_error_mm"].as_f64().unwrap() < 1e-3, "{check}");
+    assert_eq!(training["label_mismatches"], 0, "{check}");
+    assert!(training["label_geometry_error_mm"].as_f64().unwrap() < 1e-3, "{check}");
 }

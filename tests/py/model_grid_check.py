@@ -1,11 +1,18 @@
 """Checks OUT/model_grid/*.nii.gz against the CT-grid exports of the same run, independently of
-the node: the grid's box and direction, activity and CT values preserved, air outside.
+the node: the grid's box and direction, activity and CT values preserved, air outside. Also
+checks training/nifti.py (the training chain's reader and label writer, which replaced
+SimpleITK there) against SimpleITK on the same files.
 Usage: model_grid_check.py OUT SPACING_MM; prints one JSON object."""
 import json
+import os
 import sys
+import tempfile
 
 import numpy as np
 import SimpleITK as sitk
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "training"))
+import nifti  # noqa: E402
 
 out, spacing = sys.argv[1], float(sys.argv[2])
 fine = {n: sitk.ReadImage(f"{out}/{n}.nii.gz") for n in ("suv_on_ct", "ct_hu")}
@@ -23,6 +30,40 @@ suv_coarse = sitk.GetArrayFromImage(coarse["suv"]).astype(np.float64)
 activity = lambda a, img: a.sum() * np.prod(img.GetSpacing())
 body = sitk.GetArrayFromImage(coarse["body"])
 hu = sitk.GetArrayFromImage(grid)
+
+
+def lps_affine(img):
+    """SimpleITK's voxel (i, j, k) -> LPS mm, as nifti.Image.affine holds it."""
+    m = np.eye(4)
+    m[:3, :3] = np.array(img.GetDirection()).reshape(3, 3) * np.array(img.GetSpacing())
+    m[:3, 3] = img.GetOrigin()
+    return m
+
+
+def training_reader_errors():
+    """The largest difference between nifti.py and SimpleITK: values, affine (mm), and a label
+    written by nifti.write_like on the model grid and read back by SimpleITK."""
+    files = [f"{out}/{n}.nii.gz" for n in ("suv_on_ct", "ct_hu")]
+    files += [f"{out}/model_grid/{n}.nii.gz" for n in ("suv", "ct_hu", "body")]
+    values = affine = 0.0
+    for f in files:
+        ours, theirs = nifti.read(f), sitk.ReadImage(f)
+        want = sitk.GetArrayFromImage(theirs)
+        if ours.array.shape != want.shape:
+            return {"shape_mismatch": f}
+        values = max(values, float(np.abs(ours.array.astype(np.float64) - want).max()))
+        affine = max(affine, float(np.abs(ours.affine - lps_affine(theirs)).max()))
+    like = nifti.read(f"{out}/model_grid/body.nii.gz")
+    label = (np.arange(like.array.size).reshape(like.array.shape) % 7 == 0).astype(np.uint8)
+    with tempfile.TemporaryDirectory() as tmp:
+        nifti.write_like(f"{tmp}/label.nii.gz", label, like)
+        back = sitk.ReadImage(f"{tmp}/label.nii.gz")
+        written = int((sitk.GetArrayFromImage(back) != label).sum())
+        geometry = float(np.abs(lps_affine(back) - lps_affine(coarse["body"])).max())
+    return {"value_error": values, "affine_error_mm": affine, "label_mismatches": written,
+            "label_geometry_error_mm": geometry}
+
+
 print(json.dumps({
     "size": list(grid.GetSize()),
     "expected_size": [max(1, int(np.floor(e / spacing + 0.5))) for e in extent],
@@ -34,4 +75,5 @@ print(json.dumps({
     "hu_outside_body_mean": float(hu[body == 0].mean()),
     # HU + 1000 is zero in air: its integral is kept like the activity's.
     "density_ratio": float(activity(hu + 1000.0, grid) / activity(sitk.GetArrayFromImage(ct) + 1000.0, ct)),
+    "training_reader": training_reader_errors(),
 }))
