@@ -29,17 +29,28 @@ import window
 HOT_SUV = 3.0
 
 
+def regions(mask, structure=None):
+    """The voxels of each connected region of `mask`."""
+    labelled, _ = ndimage.label(mask, structure)
+    return [(np.argwhere(labelled[box] == i) + [s.start for s in box]).astype(np.int16)
+            for i, box in enumerate(ndimage.find_objects(labelled), start=1)]
+
+
 def hot_regions(case, label):
     """The voxels of each connected region above HOT_SUV in the body, outside `label`."""
-    regions, _ = ndimage.label((case.suv > HOT_SUV) & (label == 0) & (case.body != 0))
-    return [(np.argwhere(regions[box] == i) + [s.start for s in box]).astype(np.int16)
-            for i, box in enumerate(ndimage.find_objects(regions), start=1)]
+    return regions((case.suv > HOT_SUV) & (label == 0) & (case.body != 0))
 
 
-def sample(cases, labels, rng, size, channels, prior_dropout=0.0):
+def lesions(label):
+    """The voxels of each lesion of `label` (18-connectivity, as the evaluation counts them)."""
+    return regions(label != 0, ndimage.generate_binary_structure(3, 2))
+
+
+def sample(cases, labels, rng, size, channels, prior_dropout=0.0, per_lesion=False):
     case = cases[rng.integers(len(cases))]
     y = case.labels[labels]
-    fg = case.fg
+    # Per voxel, a 27 mL lesion draws as many patches as 45 nodes of 0.6 mL; per lesion, as one.
+    fg = case.lesions[rng.integers(len(case.lesions))] if per_lesion and case.lesions else case.fg
     u = rng.random()
     if len(fg) and u < 0.6:
         centre = fg[rng.integers(len(fg))] + rng.integers(-size[0] // 3, size[0] // 3 + 1, 3)
@@ -126,6 +137,8 @@ def main():
                    help="input channels in order (data.CHANNELS); --no-prior drops anomaly_prior")
     p.add_argument("--prior-dropout", type=float, default=0.0,
                    help="the fraction of patches whose prior channel is blanked (as outside the body)")
+    p.add_argument("--per-lesion", action="store_true",
+                   help="patches on the labels: a lesion first, then a voxel in it (default: any labelled voxel)")
     p.add_argument("--norm", choices=["batch", "instance"], default="instance",
                    help="batch: served on data.SERVE_PATCH windows, larger than the patch (nets.norm_layer)")
     p.add_argument("--init", help="start from this checkpoint (same norm and base); channels it lacks start at zero weight")
@@ -141,11 +154,12 @@ def main():
         # Only for the labels trained on.
         c.fg = np.argwhere(c.labels[args.labels] != 0).astype(np.int16)
         c.hot = hot_regions(c, c.labels[args.labels])
+        c.lesions = lesions(c.labels[args.labels]) if args.per_lesion else []
     print(f"{len(cases)} studies, channels {channels}, labels {args.labels}", flush=True)
     size = (args.patch,) * 3
 
     def step(net, report):
-        xs, ys = zip(*[sample(cases, args.labels, rng, size, channels, args.prior_dropout)
+        xs, ys = zip(*[sample(cases, args.labels, rng, size, channels, args.prior_dropout, args.per_lesion)
                           for _ in range(args.batch)])
         x, y = (torch.from_numpy(np.stack(a)).to(args.device) for a in (xs, ys))
         return loss_fn(net(x), y), ""
