@@ -21,6 +21,10 @@ CHANNELS = {
     # A soft-tissue window beside the wide one: fluid (bladder, 0 HU), fat, liver and muscle lie
     # within 0.1 of each other in the wide window and 0.5-2.5 apart here.
     "ct_soft": ("ct_hu", (-200.0, 300.0), 50.0, 100.0),
+    # A low SUV window beside the wide one: the lesions the nets missed even in their training
+    # studies have SUVmax 2.5-3.5 at 4-7 times their background, a tenth of the wide window's range,
+    # where the brain and the bladder (SUV 10-20) set the scale (training/README.md, item 27).
+    "suv_soft": ("suv", (0.0, 5.0), 0.0, 2.5),
     "anomaly_prior": ("anomaly_prior", (0.0, 1.0), 0.0, 1.0),
     "suv_masked": ("suv_masked", (0.0, 20.0), 0.0, 10.0),
     "suv_mask": ("suv_mask", (0.0, 1.0), 0.0, 1.0),

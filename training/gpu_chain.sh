@@ -5,7 +5,8 @@
 # that the 2-core machine trains in under 45 minutes; the GPU only saves time): the readers' nets
 # (STEPS, the prior from the start) beside the truth's first part without the prior (BASE_STEPS),
 # then `seg-truth` (the prior added) and its ablation `seg-no-prior` (without it) from that first
-# part (FINE_STEPS each; training/README.md item 24).
+# part (FINE_STEPS each; training/README.md items 24 and 27), on SUV and CT in two windows each
+# (the readers' nets on one SUV window, as shipped).
 #
 #   training/gpu_chain.sh OUT [STEPS]
 #
@@ -43,7 +44,9 @@ done
 echo "data: $((SECONDS - t0)) s, $(ls "$out"/*/case*/done.json | wc -l) cases"
 
 S=(--data "$out/lesion" "$out/normal-prior" --patch 48 --threads 1 --validate "$out/validation"
-   --norm batch --channels suv,ct_hu,ct_soft,anomaly_prior --device "${DEVICE:-cuda}")
+   --norm batch --device "${DEVICE:-cuda}")
+readers=(--channels suv,ct_hu,ct_soft,anomaly_prior)
+truth=(--channels suv,suv_soft,ct_hu,ct_soft,anomaly_prior)
 t1=$SECONDS
 train() {  # NAME LABELS STEPS VALIDATE_EVERY [ARGS...]: runs in the background
   $P training/train_seg.py "${S[@]}" --out "$out/$1.pt" --labels "$2" --steps "$3" --validate-every "$4" "${@:5}" \
@@ -55,11 +58,11 @@ finish() {
   pids=()
 }
 pids=()
-train seg-hsens high_sensitivity "$steps" 2000
-train seg-hspec high_specificity "$steps" 2000
-train seg-base truth "${BASE_STEPS:-8000}" 2000 --no-prior
+train seg-hsens high_sensitivity "$steps" 2000 "${readers[@]}"
+train seg-hspec high_specificity "$steps" 2000 "${readers[@]}"
+train seg-base truth "${BASE_STEPS:-8000}" 2000 --no-prior "${truth[@]}"
 finish
-fine=(--init "$out/seg-base.pt" --lr 1e-3 --seed 2)
+fine=(--init "$out/seg-base.pt" --lr 1e-3 --seed 2 "${truth[@]}")
 train seg-truth truth "${FINE_STEPS:-4000}" 1000 "${fine[@]}"
 train seg-no-prior truth "${FINE_STEPS:-4000}" 1000 "${fine[@]}" --no-prior
 finish

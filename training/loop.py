@@ -30,7 +30,9 @@ def train(net, args, step_fn, checkpoint, validate=None):
     """`step_fn(net, report)` returns the loss of one batch and, when `report`, a text for the log
     line; `checkpoint(net, steps)` the dict saved to `args.out`; `validate(net, steps)`, if given,
     runs every `args.validate_every` steps and at the end."""
-    net.to(args.device)
+    # Channels-last 3D: oneDNN's convolutions on the CPU run 1.4-1.75x faster a step in this layout
+    # (training/README.md, item 27); the arithmetic is the same up to float rounding.
+    net.to(args.device, memory_format=torch.channels_last_3d)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     t0, step, running = time.time(), 0, None
     while step < args.steps:
