@@ -18,8 +18,8 @@ import numpy as np
 
 import nifti
 
-# Observed SUVmax under this: the nets of items 24 and 27 miss most of these even in their
-# training studies, whatever their contrast.
+# Observed SUVmax under this: item 24's net misses most of these even in its training studies,
+# item 27's on the held-out ones, whatever their contrast.
 LOW_SUV = 3.5
 
 
@@ -43,11 +43,12 @@ def main():
         total = sum(lesion["volume_ml"] for lesion in lesions)
         visible = sum(lesion["volume_ml"] for lesion in lesions if not lesion["borderline"])
         bounds.append(2 * visible / (visible + total))
+        kinds = [kind(lesion) for lesion in lesions]
         for pred in sorted(glob.glob(os.path.join(args.work, "pred", case, "*.nii.gz"))):
             method = os.path.basename(pred)[: -len(".nii.gz")]
             hit = set(np.unique(ids[nifti.read(pred).array != 0]).tolist())
-            for lesion in lesions:
-                c = counts.setdefault((method, kind(lesion)), [0, 0, 0.0])
+            for lesion, k in zip(lesions, kinds):
+                c = counts.setdefault((method, k), [0, 0, 0.0])
                 c[1] += 1
                 if lesion["id"] in hit:
                     c[0] += 1
@@ -55,7 +56,7 @@ def main():
                 c[2] += lesion["volume_ml"]
                 if method == args.list:
                     print(f"{case} lesion {lesion['id']}: {lesion['location']}, {lesion['volume_ml']:.1f} mL, SUVmax "
-                          f"{lesion['observed_suv_max']:.1f} on {lesion['background_suv']:.2f}, {kind(lesion)}")
+                          f"{lesion['observed_suv_max']:.1f} on {lesion['background_suv']:.2f}, {k}")
     print("| method | lesions | found | missed mL |\n|---|---|---:|---:|")
     for (method, k), (found, total, missed) in sorted(counts.items()):
         print(f"| {method} | {k} | {found} of {total} | {missed:.1f} |")
