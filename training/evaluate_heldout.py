@@ -63,6 +63,9 @@ def main():
     p.add_argument("--lesion-seeds", default="9000-9019")
     p.add_argument("--normal-seeds", default="9500-9519")
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "petct-node"))
+    p.add_argument("--runs-only", action="store_true",
+                   help="only the node's runs: for streams side by side in one WORK, whose evaluations would "
+                        "share its pred_*/ref_* folders; a last call without it evaluates them all")
     args = p.parse_args()
     if not os.path.exists(args.binary):
         sys.exit(f"{args.binary} not found: run `cargo build --release` first")
@@ -72,6 +75,8 @@ def main():
             name, summary = case(args.binary, os.path.abspath(args.config), seed, normal, args.work)
             runs[name] = summary
             print(f"{name}: score {summary.get('anomaly_score')}, infer {summary['seconds']['infer']:.1f} s", flush=True)
+    if args.runs_only:
+        return
     os.makedirs(args.out, exist_ok=True)
     results = {}
     for subset, prefix in [("lesion", "lesion"), ("normal", "normal")]:

@@ -17,6 +17,8 @@ def add_args(p):
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, or cuda where a GPU is (the same steps, faster)")
+    p.add_argument("--bf16", action="store_true",
+                   help="forward passes in bfloat16 (autocast; the weights, the loss and validation stay float32)")
 
 
 def seeded(args):
@@ -40,7 +42,9 @@ def train(net, args, step_fn, checkpoint, validate=None):
         for g in opt.param_groups:
             g["lr"] = args.lr * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * frac)))
         report = (step + 1) % 50 == 0
-        loss, text = step_fn(net, report)
+        # bfloat16 convolutions: 1.4x faster a step on this CPU (avx512_bf16; training/README.md, item 29).
+        with torch.autocast(torch.device(args.device).type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss, text = step_fn(net, report)
         opt.zero_grad()
         loss.backward()
         opt.step()

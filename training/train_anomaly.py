@@ -108,6 +108,7 @@ def loss_fn(out, y, w, hot, hot_l2):
     `hot_l2` adds a squared error over the hot voxels at full weight: L1's constant gradient at
     the balanced weight leaves the bladder (SUV 10-24) reconstructed at 4-7 (README, attempt 7),
     a squared term pulls hardest where the error is largest."""
+    out = out.float()  # under --bf16: the sums over the batch need float32
     mean, logvar = out[:, 0:1], out[:, 1:2]
     l1 = (w * (y - mean).abs()).sum() / w.sum()
     nll = (w * 0.5 * (logvar + (y - mean.detach()) ** 2 * torch.exp(-logvar))).sum() / w.sum()

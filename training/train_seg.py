@@ -119,6 +119,7 @@ def initialise(net, path, channels, norm, base):
 
 
 def loss_fn(logits, y):
+    logits = logits.float()  # under --bf16: the Dice's sums over a whole batch need float32
     bce = F.binary_cross_entropy_with_logits(logits, y)
     p = torch.sigmoid(logits)
     inter = (p * y).sum()
