@@ -23,6 +23,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VENDORS = ["siemens", "ge", "philips-bqml", "philips-cnts"]
 REFERENCES = {"truth": "lesions.nii.gz", "reader_high_sensitivity": "reader_high_sensitivity.nii.gz",
               "reader_high_specificity": "reader_high_specificity.nii.gz"}
+# Never trained on, calibrated on, validated on or used to choose a threshold (sweep_threshold.py).
+HELD_OUT_LESION, HELD_OUT_NORMAL = "9000-9019", "9500-9519"
 BULKY = ["ct_hu.nii.gz", "suv.nii.gz", "suv_on_ct.nii.gz", "lesions.nii.gz", "seg.dcm", "mip.dcm"]
 
 
@@ -60,8 +62,8 @@ def main():
     p.add_argument("--config", required=True)
     p.add_argument("--work", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--lesion-seeds", default="9000-9019")
-    p.add_argument("--normal-seeds", default="9500-9519")
+    p.add_argument("--lesion-seeds", default=HELD_OUT_LESION)
+    p.add_argument("--normal-seeds", default=HELD_OUT_NORMAL)
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "petct-node"))
     p.add_argument("--runs-only", action="store_true",
                    help="only the node's runs: for streams side by side in one WORK, whose evaluations would "

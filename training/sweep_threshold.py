@@ -19,8 +19,8 @@ import subprocess
 import sys
 
 import data
+from evaluate_heldout import HELD_OUT_LESION, HELD_OUT_NORMAL, ROOT
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -54,9 +54,8 @@ def main():
     lesion, normal = sorted(data.seed_set(args.lesion_seeds)), sorted(data.seed_set(args.normal_seeds))
     if args.streams > min(len(lesion), len(normal)):
         sys.exit(f"--streams {args.streams}: each stream needs a lesion and a normal study")
-    held_out = data.seed_set("9000-9019,9500-9519")
-    if held_out & set(lesion + normal):
-        sys.exit("the held-out seeds (9000-9019, 9500-9519) are not for choosing a threshold")
+    if data.seed_set(f"{HELD_OUT_LESION},{HELD_OUT_NORMAL}") & set(lesion + normal):
+        sys.exit(f"the held-out seeds ({HELD_OUT_LESION}, {HELD_OUT_NORMAL}) are not for choosing a threshold")
     work = os.path.abspath(args.work)
     models = os.path.join(work, "models")
     os.makedirs(models, exist_ok=True)
@@ -77,14 +76,14 @@ def main():
             os.remove(os.path.join(runs, case, "run.json"))
             shutil.rmtree(os.path.join(work, "pred", case), ignore_errors=True)  # the other set's masks
     script = [sys.executable, os.path.join(HERE, "evaluate_heldout.py"), "--config", config, "--work", work]
-    streams = [subprocess.Popen(script + ["--runs-only", "--out", os.path.join(work, "all"),
+    out = os.path.join(work, "all")
+    streams = [subprocess.Popen(script + ["--runs-only", "--out", out,
                                           "--lesion-seeds", ",".join(map(str, lesion[i::args.streams])),
                                           "--normal-seeds", ",".join(map(str, normal[i::args.streams]))],
                                 stdout=subprocess.DEVNULL)
                for i in range(args.streams)]
     if any(s.wait() for s in streams):
         sys.exit("a stream failed: run evaluate_heldout.py with its seeds to see why")
-    out = os.path.join(work, "all")
     subprocess.run(script + ["--out", out, "--lesion-seeds", args.lesion_seeds, "--normal-seeds", args.normal_seeds],
                    check=True, stdout=subprocess.DEVNULL)
     report = json.load(open(os.path.join(out, "heldout.json")))
