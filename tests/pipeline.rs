@@ -166,5 +166,6 @@ fn the_model_grid_keeps_the_box_the_activity_and_the_body() {
     assert_eq!(training["value_error"], 0.0, "{check}");
     assert!(training["affine_error_mm"].as_f64().unwrap() < 1e-3, "{check}");
     assert_eq!(training["label_mismatches"], 0, "{check}");
+    assert_eq!(training["fraction_mismatches"], 0, "{check}");
     assert!(training["label_geometry_error_mm"].as_f64().unwrap() < 1e-3, "{check}");
 }

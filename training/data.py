@@ -68,17 +68,26 @@ def read(path):
 
 
 class Case:
-    def __init__(self, folder, with_prior=False):
+    def __init__(self, folder, with_prior=False, fraction=None):
         self.folder = folder
         self.meta = json.load(open(os.path.join(folder, "done.json")))
         grid = os.path.join(folder, "model_grid")
-        self.suv = read(os.path.join(grid, "suv.nii.gz")).astype(np.float32)
+        suv = nifti.read(os.path.join(grid, "suv.nii.gz"))
+        self.affine = suv.affine  # voxel (i, j, k) -> LPS mm, as truth.json's centres
+        self.suv = suv.array.astype(np.float32)
         self.ct = read(os.path.join(grid, "ct_hu.nii.gz")).astype(np.float32)
         self.body = read(os.path.join(grid, "body.nii.gz")).astype(np.uint8)
         self.prior = read(os.path.join(grid, "anomaly_prior.nii.gz")).astype(np.float32) if with_prior else None
         self.labels = {}
         for f in glob.glob(os.path.join(folder, "labels", "*.nii.gz")):
-            self.labels[os.path.basename(f)[: -len(".nii.gz")]] = read(f).astype(np.uint8)
+            name = os.path.basename(f)[: -len(".nii.gz")]
+            if not name.endswith("_fraction"):
+                self.labels[name] = read(f).astype(np.uint8)
+        # Float32 volumes: only the one asked for (soft targets of the source trained on).
+        path = os.path.join(folder, "labels", f"{fraction}_fraction.nii.gz")
+        self.fraction = read(path).astype(np.float32) if fraction else None
+        truth = os.path.join(folder, "truth.json")
+        self.truth = json.load(open(truth)) if os.path.exists(truth) else None
         # int16 indices: an int64 list of a whole body's voxels is tens of MB per case.
         self.body_voxels = np.argwhere(self.body != 0).astype(np.int16)
 
@@ -92,13 +101,14 @@ def seed_set(spec):
     return out
 
 
-def load(root, with_prior=False, seeds=None):
-    """The complete cases under `root`, only those of `seeds` (a spec such as 1000-1079) if given."""
+def load(root, with_prior=False, seeds=None, fraction=None):
+    """The complete cases under `root`, only those of `seeds` (a spec such as 1000-1079) if given,
+    with the label fraction of source `fraction` if given (make_data.py --relabel for older cases)."""
     wanted = seed_set(seeds) if seeds else None
     folders = sorted(f for f in glob.glob(os.path.join(root, "case*")) if os.path.exists(os.path.join(f, "done.json")))
     if wanted is not None:
         folders = [f for f in folders if int(os.path.basename(f)[4:]) in wanted]
-    return [Case(f, with_prior) for f in folders]
+    return [Case(f, with_prior, fraction) for f in folders]
 
 
 def crop(a, centre, size, fill):

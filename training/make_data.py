@@ -8,8 +8,9 @@ configured models (e.g. the anomaly detector) and exports their maps on the mode
 
     make_data.py --seeds 1000-1059 --out var/training/lesion [--normal] [--models CONFIG] [--jobs N]
 
-Each case folder holds model_grid/{suv,ct_hu,body[,anomaly_prior]}.nii.gz and
-labels/{truth,high_sensitivity,high_specificity}.nii.gz. Existing complete cases are kept.
+Each case folder holds model_grid/{suv,ct_hu,body[,anomaly_prior]}.nii.gz,
+labels/{truth,high_sensitivity,high_specificity}[_fraction].nii.gz and truth.json. Existing
+complete cases are kept; --relabel writes only their labels and truth.json again.
 """
 import argparse
 import json
@@ -44,13 +45,14 @@ def seeds(spec):
     return out
 
 
-def mask_to_grid(mask_path, reference):
-    """Foreground fraction filtered to the grid's resolution, sampled, >= 0.5 (the node's rule).
-    Only the masks' bounding box (plus the filter's reach) is filtered: they are sparse."""
+def fraction_on_grid(mask_path, reference):
+    """Foreground fraction filtered to the grid's resolution and sampled (float32; the label is
+    where it is >= 0.5, the node's rule). Only the masks' bounding box (plus the filter's reach)
+    is filtered: they are sparse."""
     m = nifti.read(mask_path)
     nz = np.argwhere(m.array != 0)
     if len(nz) == 0:
-        return np.zeros(reference.array.shape, dtype=np.uint8)
+        return np.zeros(reference.array.shape, dtype=np.float32)
     fine, coarse = m.spacing, reference.spacing  # x, y, z
     sigma = np.sqrt(np.maximum(coarse**2 - fine**2, 0.0)) / FWHM_PER_SIGMA
     margin = np.ceil((3 * sigma + coarse) / fine).astype(int)[::-1]  # z, y, x
@@ -65,7 +67,40 @@ def mask_to_grid(mask_path, reference):
     ijk = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
     at = (to_mask @ ijk)[:3][::-1] - lo[:, None]
     sampled = ndimage.map_coordinates(fraction, at, order=1, mode="constant", cval=0.0)
-    return (sampled.reshape(shape) >= 0.5).astype(np.uint8)
+    return sampled.reshape(shape).astype(np.float32)
+
+
+def write_labels(study, case):
+    """The study's truth and reader masks on the case's model grid: labels/<source>.nii.gz (0/1)
+    and labels/<source>_fraction.nii.gz (the fraction they come from, for soft targets), and
+    truth.json (each lesion's kind, centre and confounder)."""
+    reference = nifti.read(os.path.join(case, "model_grid", "suv.nii.gz"))
+    os.makedirs(os.path.join(case, "labels"), exist_ok=True)
+    for name, file in LABELS.items():
+        fraction = fraction_on_grid(os.path.join(study, "truth", file), reference)
+        nifti.write_like(os.path.join(case, "labels", f"{name}.nii.gz"), (fraction >= 0.5).astype(np.uint8), reference)
+        nifti.write_like(os.path.join(case, "labels", f"{name}_fraction.nii.gz"), fraction, reference)
+    shutil.copy(os.path.join(study, "truth", "truth.json"), os.path.join(case, "truth.json"))
+    return json.load(open(os.path.join(case, "truth.json")))
+
+
+def phantom(binary, seed, study, args):
+    cmd = [binary, "phantom", "--profile", args.profile, "--seed", str(seed), "--out", study,
+           "--vendor", VENDORS[seed % len(VENDORS)]]
+    subprocess.run(cmd + (["--normal"] if args.normal else []), check=True, stdout=subprocess.DEVNULL)
+
+
+def relabel(binary, seed, out, args):
+    """A complete case's labels and truth.json written again from its phantom (the same seed
+    makes the same study), the node not run again."""
+    case = os.path.join(out, f"case{seed:05d}")
+    if not os.path.exists(os.path.join(case, "done.json")):
+        return False
+    with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
+        study = os.path.join(tmp, "study")
+        phantom(binary, seed, study, args)
+        write_labels(study, case)
+    return True
 
 
 def make_case(binary, seed, out, args):
@@ -75,23 +110,14 @@ def make_case(binary, seed, out, args):
     shutil.rmtree(case, ignore_errors=True)
     with tempfile.TemporaryDirectory(dir=args.scratch) as tmp:
         study = os.path.join(tmp, "study")
-        cmd = [binary, "phantom", "--profile", args.profile, "--seed", str(seed), "--out", study,
-               "--vendor", VENDORS[seed % len(VENDORS)]]
-        if args.normal:
-            cmd.append("--normal")
-        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        phantom(binary, seed, study, args)
         run = os.path.join(tmp, "run")
         cmd = [binary, "run", study, "--out", run, "--model-spacing", str(args.spacing)]
         if args.models:
             cmd += ["--config", os.path.abspath(args.models)]
         summary = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
-        os.makedirs(os.path.join(case, "labels"))
         shutil.copytree(os.path.join(run, "model_grid"), os.path.join(case, "model_grid"))
-        reference = nifti.read(os.path.join(case, "model_grid", "suv.nii.gz"))
-        for name, file in LABELS.items():
-            nifti.write_like(os.path.join(case, "labels", f"{name}.nii.gz"),
-                             mask_to_grid(os.path.join(study, "truth", file), reference), reference)
-        truth = json.load(open(os.path.join(study, "truth", "truth.json")))
+        truth = write_labels(study, case)
         if args.keep_ct_grid:
             # Evaluation on the CT grid: the reference masks as the phantom wrote them.
             shutil.copytree(os.path.join(study, "truth"), os.path.join(case, "truth"))
@@ -114,6 +140,8 @@ def main():
     p.add_argument("--keep-ct-grid", action="store_true", help="also keep the CT-grid truth (evaluation)")
     p.add_argument("--scratch", default=None, help="temporary folder (default: system temp)")
     p.add_argument("--jobs", type=int, default=1, help="cases made side by side")
+    p.add_argument("--relabel", action="store_true",
+                   help="only write the labels and truth.json of complete cases again (cases made before they had fractions)")
     p.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "petct-node"))
     args = p.parse_args()
     if not os.path.exists(args.binary):
@@ -122,6 +150,10 @@ def main():
 
     def one(seed):
         t0 = time.time()
+        if args.relabel:
+            done = relabel(args.binary, seed, args.out, args)
+            print(f"seed {seed}: {'labelled' if done else 'not made yet'} in {time.time() - t0:.1f} s", flush=True)
+            return
         made = make_case(args.binary, seed, args.out, args)
         print(f"seed {seed}: {'made' if made else 'kept'} in {time.time() - t0:.1f} s", flush=True)
 

@@ -1,7 +1,8 @@
 """Which true lesions each method of a held-out run finds, by kind: the truth's borderline lesions,
 and the others by their observed SUVmax (under 3.5 or not), with their volumes. A lesion counts as
 found when any voxel of the method's mask (on the CT grid) lies in it, as evaluate's lesion
-sensitivity counts it.
+sensitivity counts it. Per method, also its Dice on the lesions it finds (its components that
+touch them) and its volume there as a share of theirs (under 1: its masks are too small).
 
     missed_lesions.py --work var/eval [--list METHOD]
 
@@ -56,7 +57,8 @@ def main():
                 found = np.isin(ids, list(hit))
                 touching = np.isin(components, np.unique(components[found & mask]))
                 found_dice.setdefault(method, []).append(
-                    2 * np.count_nonzero(found & mask) / (np.count_nonzero(found) + np.count_nonzero(touching)))
+                    (2 * np.count_nonzero(found & mask) / (np.count_nonzero(found) + np.count_nonzero(touching)),
+                     np.count_nonzero(touching) / np.count_nonzero(found)))
             for lesion, k in zip(lesions, kinds):
                 c = counts.setdefault((method, k), [0, 0, 0.0])
                 c[1] += 1
@@ -72,9 +74,10 @@ def main():
         print(f"| {method} | {k} | {found} of {total} | {missed:.1f} |")
     print(f"Dice with every lesion but the borderline ones found exactly: {np.mean(bounds):.2f} "
           f"({min(bounds):.2f}-{max(bounds):.2f} over {len(bounds)} studies)")
-    for method, dices in sorted(found_dice.items()):
-        print(f"{method}: Dice on the lesions it finds {np.mean(dices):.2f} ± {np.std(dices):.2f} "
-              f"({len(dices)} studies with one found)")
+    for method, rows in sorted(found_dice.items()):
+        dices, ratios = np.array(rows).T
+        print(f"{method}: Dice on the lesions it finds {np.mean(dices):.2f} ± {np.std(dices):.2f}, its volume there "
+              f"{np.mean(ratios):.2f} of theirs ({len(rows)} studies with one found)")
 
 
 if __name__ == "__main__":

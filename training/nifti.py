@@ -3,6 +3,7 @@ phantom's masks: the training chain then needs no SimpleITK, which the GPU machi
 Arrays are (z, y, x) as SimpleITK's GetArrayFromImage gives them; geometry is the affine from
 voxel (i, j, k) to DICOM patient coordinates (LPS, mm)."""
 import gzip
+import os
 import struct
 
 import numpy as np
@@ -73,17 +74,27 @@ def _qform(endian, raw, pixdim):
     return np.hstack([r * scale, np.array([[qx], [qy], [qz]])])
 
 
+# What write_like writes: numpy dtype -> NIfTI datatype, bits per voxel.
+WRITABLE = {"u1": (2, 8), "f4": (16, 32)}
+
+
 def write_like(path, array, like):
-    """`array` ((z, y, x), uint8) on the grid of `like` (an Image read from a little-endian file,
-    as the node writes them), gzip-compressed."""
+    """`array` ((z, y, x), uint8 or float32) on the grid of `like` (an Image read from a
+    little-endian file, as the node writes them), gzip-compressed."""
+    kind = np.dtype(array.dtype).str[1:]
+    if kind not in WRITABLE:
+        raise ValueError(f"{path}: dtype {array.dtype} is not one of {sorted(WRITABLE)}")
     if array.shape != like.array.shape:
         raise ValueError(f"{path}: shape {array.shape} is not the grid's {like.array.shape}")
     if struct.unpack("<i", like.header[:4])[0] != HEADER:
         raise ValueError(f"{path}: the grid's header is big-endian")
     header = bytearray(like.header)
-    struct.pack_into("<hh", header, 70, 2, 8)  # datatype uint8, bitpix
+    struct.pack_into("<hh", header, 70, *WRITABLE[kind])  # datatype, bitpix
     struct.pack_into("<ff", header, 112, 1.0, 0.0)  # scl_slope, scl_inter
     struct.pack_into("<f", header, 108, 352.0)  # vox_offset
-    body = bytes(header) + b"\0" * 4 + np.ascontiguousarray(array, dtype="u1").tobytes()
-    with open(path, "wb") as f:
+    body = bytes(header) + b"\0" * 4 + np.ascontiguousarray(array, dtype="<" + kind).tobytes()
+    # Through a temporary name, so that a reader (a training run loading its cases) never sees
+    # half a file.
+    with open(path + ".part", "wb") as f:
         f.write(gzip.compress(body, compresslevel=6))
+    os.replace(path + ".part", path)

@@ -1,9 +1,10 @@
 """Trains a lesion segmentation network (early fusion of SUV, CT and, unless --no-prior, the
 anomaly prior; --channels adds e.g. the soft-tissue CT window) on one annotation source of the
 phantoms (make_data.py --models, so the prior is the node's own). Loss: binary cross-entropy plus
-soft Dice; 60 % of the patches are centred near a labelled voxel, 20 % on a hot unlabelled one
-(SUV above 3: brain, heart, kidneys, bladder, the confounders the readers leave out), the rest
-anywhere in the body (including lesion-free studies).
+soft Dice, and with --blob-weight each lesion's own soft Dice (loss_fn). 60 % of the patches are
+centred near a labelled voxel, 20 % on a hot unlabelled one (SUV above 3: brain, heart, kidneys,
+bladder, the confounders the readers leave out), the rest anywhere in the body (including
+lesion-free studies).
 
     train_seg.py --data var/training/lesion --labels high_specificity --out var/training/seg-hspec.pt \
         [--validate var/training/validation --validate-every 500] [--norm batch]
@@ -41,14 +42,37 @@ def hot_regions(case, label):
     return regions((case.suv > HOT_SUV) & (label == 0) & (case.body != 0))
 
 
+def lesion_ids(label):
+    """Each lesion of `label` numbered from 1 (18-connectivity, as the evaluation counts them)."""
+    return ndimage.label(label != 0, ndimage.generate_binary_structure(3, 2))[0].astype(np.int16)
+
+
 def lesions(label):
-    """The voxels of each lesion of `label` (18-connectivity, as the evaluation counts them)."""
+    """The voxels of each lesion of `label` (18-connectivity)."""
     return regions(label != 0, ndimage.generate_binary_structure(3, 2))
 
 
-def sample(cases, labels, rng, size, channels, prior_dropout=0.0, per_lesion=False):
+def confounder_lesions(case):
+    """The voxels of each lesion that truth.json places beside a hot organ (its `confounder`: the
+    bladder, a kidney, the heart), as numbered in `case.ids`; its centre voxel alone when the
+    labels trained on leave it out."""
+    if case.truth is None:
+        raise SystemExit(f"{case.folder}: no truth.json (make_data.py --relabel writes it)")
+    to_voxel = np.linalg.inv(case.affine)
+    out = []
+    for lesion in case.truth["lesions"]:
+        zyx = np.rint((to_voxel @ [*lesion["centre_mm"], 1.0])[:3][::-1]).astype(int)
+        if lesion["confounder"] and all(0 <= v < n for v, n in zip(zyx, case.ids.shape)):
+            k = case.ids[tuple(zyx)]
+            out.append(np.argwhere(case.ids == k).astype(np.int16) if k else zyx[None].astype(np.int16))
+    return out
+
+
+def sample(cases, rng, size, channels, prior_dropout=0.0, per_lesion=False, confounders=0.0):
+    """A patch's normalised channels, its lesion ids (0 outside the lesions; `lesion_ids`) and its
+    target (`case.target`). `confounders`: the share of the hot-region draws centred on a lesion
+    beside a hot organ instead (`confounder_lesions`)."""
     case = cases[rng.integers(len(cases))]
-    y = case.labels[labels]
     # Per voxel, a 27 mL lesion draws as many patches as 45 nodes of 0.6 mL; per lesion, as one.
     fg = case.lesions[rng.integers(len(case.lesions))] if per_lesion and case.lesions else case.fg
     u = rng.random()
@@ -56,7 +80,9 @@ def sample(cases, labels, rng, size, channels, prior_dropout=0.0, per_lesion=Fal
         centre = fg[rng.integers(len(fg))] + rng.integers(-size[0] // 3, size[0] // 3 + 1, 3)
     elif len(case.hot) and u < 0.8:
         # A hot region first, then a voxel in it: else the brain and the bladder fill the draw.
-        region = case.hot[rng.integers(len(case.hot))]
+        # Only hot regions would teach the net to leave their neighbourhood out (item 29).
+        regions_here = case.confounders if case.confounders and rng.random() < confounders else case.hot
+        region = regions_here[rng.integers(len(regions_here))]
         centre = region[rng.integers(len(region))]
     else:
         centre = case.body_voxels[rng.integers(len(case.body_voxels))]
@@ -66,11 +92,10 @@ def sample(cases, labels, rng, size, channels, prior_dropout=0.0, per_lesion=Fal
         # The prior is 0 in many lesions (large, low-contrast ones); a net that always sees it
         # learns to wait for it. Without it now and then, SUV and CT must carry the decision.
         x[channels.index("anomaly_prior")] = data.air_values(["anomaly_prior"])[0]
+    ids, y = data.crop(case.ids, centre, size, 0), data.crop(case.target, centre, size, 0)
     if rng.random() < 0.5:  # left-right flip: lesions occur on both sides
-        x, yy = x[..., ::-1], data.crop(y, centre, size, 0)[..., ::-1]
-    else:
-        yy = data.crop(y, centre, size, 0)
-    return np.ascontiguousarray(x), np.ascontiguousarray(yy[None].astype(np.float32))
+        x, ids, y = x[..., ::-1], ids[..., ::-1], y[..., ::-1]
+    return np.ascontiguousarray(x), np.ascontiguousarray(ids[None]), np.ascontiguousarray(y[None], dtype=np.float32)
 
 
 def case_inputs(case, channels):
@@ -118,13 +143,28 @@ def initialise(net, path, channels, norm, base):
     print(f"initialised from {path} ({ck['steps']} steps, channels {ck['channels']})", flush=True)
 
 
-def loss_fn(logits, y):
+def loss_fn(logits, ids, y, blob_weight=0.0):
+    """Binary cross-entropy plus soft Dice over the batch against `y` (0/1, or the label
+    fraction); with `blob_weight`, plus that times the mean soft Dice of each lesion of `ids`
+    alone (blob loss, Kofler et al. 2022: each lesion scored with the other lesions' voxels left
+    out), so that a missed 0.5 mL lesion costs as much as a missed 20 mL one rather than 1/40th
+    of it."""
     logits = logits.float()  # under --bf16: the Dice's sums over a whole batch need float32
     bce = F.binary_cross_entropy_with_logits(logits, y)
     p = torch.sigmoid(logits)
     inter = (p * y).sum()
-    dice = 1 - (2 * inter + 1) / (p.sum() + y.sum() + 1)
-    return bce + dice
+    loss = bce + 1 - (2 * inter + 1) / (p.sum() + y.sum() + 1)
+    if not blob_weight:
+        return loss
+    blobs = []
+    for b in range(ids.shape[0]):
+        for k in torch.unique(ids[b]).tolist():
+            if k == 0:
+                continue
+            own = y[b] * (ids[b] == k)
+            pk = p[b] * ((ids[b] == 0) | (ids[b] == k))
+            blobs.append(1 - 2 * (pk * own).sum() / (pk.sum() + own.sum()))
+    return loss + blob_weight * torch.stack(blobs).mean() if blobs else loss
 
 
 def main():
@@ -140,6 +180,12 @@ def main():
                    help="the fraction of patches whose prior channel is blanked (as outside the body)")
     p.add_argument("--per-lesion", action="store_true",
                    help="patches on the labels: a lesion first, then a voxel in it (default: any labelled voxel)")
+    p.add_argument("--confounders", type=float, default=0.0,
+                   help="the share of the hot-region patches centred on a lesion beside a hot organ (truth.json)")
+    p.add_argument("--soft-labels", action="store_true",
+                   help="train on the label fraction on the model grid (make_data.py), not its 0/1 label")
+    p.add_argument("--blob-weight", type=float, default=0.0,
+                   help="weight of the per-lesion Dice (loss_fn); 0: the batch's loss alone")
     p.add_argument("--norm", choices=["batch", "instance"], default="instance",
                    help="batch: served on data.SERVE_PATCH windows, larger than the patch (nets.norm_layer)")
     p.add_argument("--init", help="start from this checkpoint (same norm and base); channels it lacks start at zero weight")
@@ -150,20 +196,25 @@ def main():
     rng = loop.seeded(args)
     channels = [c for c in args.channels.split(",") if not (args.no_prior and c == "anomaly_prior")]
     with_prior = "anomaly_prior" in channels
-    cases = [c for root in args.data for c in data.load(root, with_prior=with_prior, seeds=args.seeds)]
+    fraction = args.labels if args.soft_labels else None
+    cases = [c for root in args.data for c in data.load(root, with_prior, args.seeds, fraction)]
     for c in cases:
         # Only for the labels trained on.
         c.fg = np.argwhere(c.labels[args.labels] != 0).astype(np.int16)
         c.hot = hot_regions(c, c.labels[args.labels])
+        # Soft targets: each lesion with the fringe of its fraction below 0.5.
+        c.target = c.fraction if args.soft_labels else c.labels[args.labels]
+        c.ids = lesion_ids(c.target > (0.02 if args.soft_labels else 0))
         c.lesions = lesions(c.labels[args.labels]) if args.per_lesion else []
+        c.confounders = confounder_lesions(c) if args.confounders else []
     print(f"{len(cases)} studies, channels {channels}, labels {args.labels}", flush=True)
     size = (args.patch,) * 3
 
     def step(net, report):
-        xs, ys = zip(*[sample(cases, args.labels, rng, size, channels, args.prior_dropout, args.per_lesion)
-                          for _ in range(args.batch)])
-        x, y = (torch.from_numpy(np.stack(a)).to(args.device) for a in (xs, ys))
-        return loss_fn(net(x), y), ""
+        patches = [sample(cases, rng, size, channels, args.prior_dropout, args.per_lesion, args.confounders)
+                   for _ in range(args.batch)]
+        x, ids, y = (torch.from_numpy(np.stack(a)).to(args.device) for a in zip(*patches))
+        return loss_fn(net(x), ids, y, args.blob_weight), ""
 
     def checkpoint(net, steps):
         return {"task": "segmentation", "channels": channels, "labels": args.labels, "state_dict": net.state_dict(),

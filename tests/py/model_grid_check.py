@@ -55,14 +55,18 @@ def training_reader_errors():
         affine = max(affine, float(np.abs(ours.affine - lps_affine(theirs)).max()))
     like = nifti.read(f"{out}/model_grid/body.nii.gz")
     # Random, so that no flip or transpose of the grid maps it onto itself.
-    label = (np.random.default_rng(0).random(like.array.shape) < 0.1).astype(np.uint8)
+    fraction = np.random.default_rng(0).random(like.array.shape, dtype=np.float32)
+    label = (fraction < 0.1).astype(np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         nifti.write_like(f"{tmp}/label.nii.gz", label, like)
         back = sitk.ReadImage(f"{tmp}/label.nii.gz")
         written = int((sitk.GetArrayFromImage(back) != label).sum())
         geometry = float(np.abs(lps_affine(back) - lps_affine(coarse["body"])).max())
+        # The label fractions make_data.py writes beside the labels (float32).
+        nifti.write_like(f"{tmp}/fraction.nii.gz", fraction, like)
+        fractions = int((sitk.GetArrayFromImage(sitk.ReadImage(f"{tmp}/fraction.nii.gz")) != fraction).sum())
     return {"value_error": values, "affine_error_mm": affine, "label_mismatches": written,
-            "label_geometry_error_mm": geometry}
+            "label_geometry_error_mm": geometry, "fraction_mismatches": fractions}
 
 
 print(json.dumps({
