@@ -92,6 +92,12 @@ class Case:
         self.body_voxels = np.argwhere(self.body != 0).astype(np.int16)
 
 
+def voxel_of(case, point_mm):
+    """The (z, y, x) index of the model-grid voxel of `case` nearest to `point_mm` (LPS), as
+    truth.json gives lesion centres; it may lie outside the grid."""
+    return tuple(np.rint((np.linalg.inv(case.affine) @ [*point_mm, 1.0])[:3][::-1]).astype(int))
+
+
 def seed_set(spec):
     """`1000-1079,1100` as a set of seeds."""
     out = set()

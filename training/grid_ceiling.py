@@ -9,10 +9,9 @@ import os
 import sys
 
 import numpy as np
-from scipy import ndimage
 
 import nifti
-from make_data import fraction_on_grid
+from make_data import fraction_on_grid, sample_at
 
 
 def dice_on_ct(on_grid, grid, truth):
@@ -21,11 +20,8 @@ def dice_on_ct(on_grid, grid, truth):
     t = truth.array != 0
     nz = np.argwhere(t)
     lo, hi = np.maximum(nz.min(0) - 6, 0), np.minimum(nz.max(0) + 7, t.shape)
-    k, j, i = np.meshgrid(*(np.arange(a, b, dtype=np.float64) for a, b in zip(lo, hi)), indexing="ij")
-    ijk = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
-    at = (np.linalg.inv(grid.affine) @ truth.affine @ ijk)[:3][::-1]
-    p = ndimage.map_coordinates(on_grid.astype(np.float32), at, order=1, mode="constant", cval=0.0) >= 0.5
-    t = t[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]].ravel()
+    p = sample_at(on_grid.astype(np.float32), grid.affine, truth.affine, lo, hi) >= 0.5
+    t = t[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     return 2 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t))
 
 

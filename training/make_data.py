@@ -60,14 +60,18 @@ def fraction_on_grid(mask_path, reference):
     hi = np.minimum(nz.max(0) + margin + 1, m.array.shape)
     box = (m.array[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] != 0).astype(np.float32)
     fraction = ndimage.gaussian_filter(box, (sigma / fine)[::-1], mode="nearest", truncate=4.0)
-    # Every grid voxel's centre as a continuous (z, y, x) index of the box, linearly sampled.
-    to_mask = np.linalg.inv(m.affine) @ reference.affine
-    shape = reference.array.shape
-    k, j, i = np.meshgrid(*(np.arange(n, dtype=np.float64) for n in shape), indexing="ij")
+    sampled = sample_at(fraction, m.affine, reference.affine, (0, 0, 0), reference.array.shape, offset=lo)
+    return sampled.astype(np.float32)
+
+
+def sample_at(volume, volume_affine, grid_affine, lo, hi, offset=(0, 0, 0)):
+    """`volume`, the part from voxel `offset` (z, y, x) on of the grid `volume_affine` describes,
+    linearly sampled (0 beyond it) at the centres of the voxels `lo` to `hi` (z, y, x, `hi`
+    excluded) of the grid `grid_affine` describes."""
+    k, j, i = np.meshgrid(*(np.arange(a, b, dtype=np.float64) for a, b in zip(lo, hi)), indexing="ij")
     ijk = np.stack([i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)])
-    at = (to_mask @ ijk)[:3][::-1] - lo[:, None]
-    sampled = ndimage.map_coordinates(fraction, at, order=1, mode="constant", cval=0.0)
-    return sampled.reshape(shape).astype(np.float32)
+    at = (np.linalg.inv(volume_affine) @ grid_affine @ ijk)[:3][::-1] - np.asarray(offset)[:, None]
+    return ndimage.map_coordinates(volume, at, order=1, mode="constant", cval=0.0).reshape(k.shape)
 
 
 def write_labels(study, case):

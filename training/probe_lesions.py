@@ -37,11 +37,10 @@ def main():
         label = case.labels["truth"] != 0
         ids, _ = ndimage.label(label, eighteen)
         truth = case.truth or json.load(open(os.path.join(folder, "truth", "truth.json")))
-        to_voxel = np.linalg.inv(case.affine)
         for lesion in truth["lesions"]:
-            zyx = np.rint((to_voxel @ [*lesion["centre_mm"], 1.0])[:3][::-1]).astype(int)
+            zyx = data.voxel_of(case, lesion["centre_mm"])
             near = ids[tuple(slice(max(v - 3, 0), v + 4) for v in zyx)]
-            k = ids[tuple(zyx)] or next(iter(np.unique(near[near != 0])), 0)
+            k = ids[zyx] or next(iter(np.unique(near[near != 0])), 0)
             head = (f"{case.meta['seed']} lesion {lesion['id']:2d} {lesion['location']:<24} "
                     f"{'borderline' if lesion['borderline'] else '':<10} {lesion['confounder'] or '':<8} "
                     f"{lesion['volume_ml']:5.1f} mL")

@@ -58,13 +58,12 @@ def confounder_lesions(case):
     labels trained on leave it out."""
     if case.truth is None:
         raise SystemExit(f"{case.folder}: no truth.json (make_data.py --relabel writes it)")
-    to_voxel = np.linalg.inv(case.affine)
     out = []
     for lesion in case.truth["lesions"]:
-        zyx = np.rint((to_voxel @ [*lesion["centre_mm"], 1.0])[:3][::-1]).astype(int)
+        zyx = data.voxel_of(case, lesion["centre_mm"])
         if lesion["confounder"] and all(0 <= v < n for v, n in zip(zyx, case.ids.shape)):
-            k = case.ids[tuple(zyx)]
-            out.append(np.argwhere(case.ids == k).astype(np.int16) if k else zyx[None].astype(np.int16))
+            k = case.ids[zyx]
+            out.append(np.argwhere(case.ids == k).astype(np.int16) if k else np.array([zyx], dtype=np.int16))
     return out
 
 
