@@ -5,9 +5,10 @@
 # that the 2-core machine trains in under 45 minutes; the GPU only saves time): the readers' nets
 # (STEPS, the prior from the start) beside the truth's first part without the prior (BASE_STEPS),
 # then `seg-truth` (the prior added) and its ablation `seg-no-prior` (without it) from that first
-# part (FINE_STEPS each; training/README.md items 24, 27 and 31: the per-lesion Dice throughout, soft
-# targets and patches beside hot organs in the second part), on SUV and CT in two windows each
-# (the readers' nets on one SUV window, as shipped).
+# part (FINE_STEPS each; training/README.md items 24, 27, 31 and 33: 16 base channels and the
+# per-lesion Dice throughout, soft targets and patches beside hot organs in the second part), on
+# SUV and CT in two windows each (the readers' nets on one SUV window and 8 base channels, as
+# shipped).
 #
 #   training/gpu_chain.sh OUT [STEPS]
 #
@@ -47,7 +48,7 @@ echo "data: $((SECONDS - t0)) s, $(ls "$out"/*/case*/done.json | wc -l) cases"
 S=(--data "$out/lesion" "$out/normal-prior" --patch 48 --threads 1 --validate "$out/validation"
    --norm batch --device "${DEVICE:-cuda}")
 readers=(--channels suv,ct_hu,ct_soft,anomaly_prior)
-truth=(--channels suv,suv_soft,ct_hu,ct_soft,anomaly_prior --blob-weight 1 --bf16)
+truth=(--channels suv,suv_soft,ct_hu,ct_soft,anomaly_prior --blob-weight 1 --bf16 --base 16)
 t1=$SECONDS
 train() {  # NAME LABELS STEPS VALIDATE_EVERY [ARGS...]: runs in the background
   $P training/train_seg.py "${S[@]}" --out "$out/$1.pt" --labels "$2" --steps "$3" --validate-every "$4" "${@:5}" \
