@@ -2,15 +2,14 @@
 # The segmentation part of training/README.md's chain on one machine with many cores and a GPU:
 # the training data made side by side (JOBS node processes of RAYON_NUM_THREADS threads), then
 # the nets trained on the GPU, each with the same steps it takes on the CPU (the recipe stays one
-# that the 2-core machine trains in under 45 minutes; the GPU only saves time): the readers' nets
-# (STEPS, the prior from the start) beside the truth's first part without the prior (BASE_STEPS),
-# then `seg-truth` (the prior added) and its ablation `seg-no-prior` (without it) from that first
-# part (FINE_STEPS each; training/README.md items 24, 27, 31 and 33: 16 base channels and the
-# per-lesion Dice throughout, soft targets and patches beside hot organs in the second part), on
-# SUV and CT in two windows each (the readers' nets on one SUV window and 8 base channels, as
-# shipped).
+# that the 2-core machine trains in under 45 minutes; the GPU only saves time): a first part
+# without the prior for the truth and for each reader (BASE_STEPS), then from each the second part
+# with the prior (FINE_STEPS): `seg-truth`, `seg-hsens`, `seg-hspec`, and the truth's ablation
+# `seg-no-prior` (without the prior). training/README.md items 24, 27, 31, 33 and 35: 16 base
+# channels, SUV and CT in two windows each, the per-lesion Dice throughout, soft targets in the
+# second part, and for the truth's nets alone patches on truth.json's lesions beside hot organs.
 #
-#   training/gpu_chain.sh OUT [STEPS]
+#   training/gpu_chain.sh OUT
 #
 # From the environment: PYTHON, JOBS (node processes), BINARY, SCRATCH (temporary studies),
 # DEVICE (cuda), LESION / NORMAL / VALIDATION (seed ranges), DATA_SECONDS, BASE_STEPS (8000),
@@ -21,8 +20,7 @@
 # NORMAL=2000-2008 (training/README.md item 19): give those to make the same data.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: training/gpu_chain.sh OUT [STEPS]}
-steps=${2:-6000}
+out=${1:?usage: training/gpu_chain.sh OUT}
 P=${PYTHON:-python3}
 jobs=${JOBS:-8}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
@@ -47,7 +45,6 @@ echo "data: $((SECONDS - t0)) s, $(ls "$out"/*/case*/done.json | wc -l) cases"
 
 S=(--data "$out/lesion" "$out/normal-prior" --patch 48 --threads 1 --validate "$out/validation"
    --norm batch --device "${DEVICE:-cuda}")
-readers=(--channels suv,ct_hu,ct_soft,anomaly_prior)
 truth=(--channels suv,suv_soft,ct_hu,ct_soft,anomaly_prior --blob-weight 1 --bf16 --base 16)
 t1=$SECONDS
 train() {  # NAME LABELS STEPS VALIDATE_EVERY [ARGS...]: runs in the background
@@ -60,12 +57,14 @@ finish() {
   pids=()
 }
 pids=()
-train seg-hsens high_sensitivity "$steps" 2000 "${readers[@]}"
-train seg-hspec high_specificity "$steps" 2000 "${readers[@]}"
-train seg-base truth "${BASE_STEPS:-8000}" 2000 --no-prior "${truth[@]}"
+for n in seg-base:truth seg-hsens-base:high_sensitivity seg-hspec-base:high_specificity; do
+  train "${n%:*}" "${n#*:}" "${BASE_STEPS:-8000}" 2000 --no-prior "${truth[@]}"
+done
 finish
-fine=(--init "$out/seg-base.pt" --lr 1e-3 --seed 2 "${truth[@]}" --soft-labels --confounders 0.5)
-train seg-truth truth "${FINE_STEPS:-4000}" 1000 "${fine[@]}"
-train seg-no-prior truth "${FINE_STEPS:-4000}" 1000 "${fine[@]}" --no-prior
+fine=(--lr 1e-3 --seed 2 "${truth[@]}" --soft-labels)
+train seg-truth truth "${FINE_STEPS:-4000}" 1000 --init "$out/seg-base.pt" "${fine[@]}" --confounders 0.5
+train seg-no-prior truth "${FINE_STEPS:-4000}" 1000 --init "$out/seg-base.pt" "${fine[@]}" --confounders 0.5 --no-prior
+train seg-hsens high_sensitivity "${FINE_STEPS:-4000}" 1000 --init "$out/seg-hsens-base.pt" "${fine[@]}"
+train seg-hspec high_specificity "${FINE_STEPS:-4000}" 1000 --init "$out/seg-hspec-base.pt" "${fine[@]}"
 finish
 echo "training: $((SECONDS - t1)) s"
