@@ -45,7 +45,7 @@ echo "data: $((SECONDS - t0)) s, $(ls "$out"/*/case*/done.json | wc -l) cases"
 
 S=(--data "$out/lesion" "$out/normal-prior" --patch 48 --threads 1 --validate "$out/validation"
    --norm batch --device "${DEVICE:-cuda}")
-truth=(--channels suv,suv_soft,ct_hu,ct_soft,anomaly_prior --blob-weight 1 --bf16 --base 16)
+recipe=(--channels suv,suv_soft,ct_hu,ct_soft,anomaly_prior --blob-weight 1 --bf16 --base 16)
 t1=$SECONDS
 train() {  # NAME LABELS STEPS VALIDATE_EVERY [ARGS...]: runs in the background
   $P training/train_seg.py "${S[@]}" --out "$out/$1.pt" --labels "$2" --steps "$3" --validate-every "$4" "${@:5}" \
@@ -58,12 +58,13 @@ finish() {
 }
 pids=()
 for n in seg-base:truth seg-hsens-base:high_sensitivity seg-hspec-base:high_specificity; do
-  train "${n%:*}" "${n#*:}" "${BASE_STEPS:-8000}" 2000 --no-prior "${truth[@]}"
+  train "${n%:*}" "${n#*:}" "${BASE_STEPS:-8000}" 2000 --no-prior "${recipe[@]}"
 done
 finish
-fine=(--lr 1e-3 --seed 2 "${truth[@]}" --soft-labels)
-train seg-truth truth "${FINE_STEPS:-4000}" 1000 --init "$out/seg-base.pt" "${fine[@]}" --confounders 0.5
-train seg-no-prior truth "${FINE_STEPS:-4000}" 1000 --init "$out/seg-base.pt" "${fine[@]}" --confounders 0.5 --no-prior
+fine=(--lr 1e-3 --seed 2 "${recipe[@]}" --soft-labels)
+truth=(--init "$out/seg-base.pt" "${fine[@]}" --confounders 0.5)  # truth.json's patches: the truth's nets alone
+train seg-truth truth "${FINE_STEPS:-4000}" 1000 "${truth[@]}"
+train seg-no-prior truth "${FINE_STEPS:-4000}" 1000 "${truth[@]}" --no-prior
 train seg-hsens high_sensitivity "${FINE_STEPS:-4000}" 1000 --init "$out/seg-hsens-base.pt" "${fine[@]}"
 train seg-hspec high_specificity "${FINE_STEPS:-4000}" 1000 --init "$out/seg-hspec-base.pt" "${fine[@]}"
 finish
