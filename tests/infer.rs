@@ -161,7 +161,7 @@ fn a_3x3x3_network_is_padded_to_the_size_multiple_and_cropped_back() {
     s.window = ([16, 16, 16], 8, 0.5, 3);
     let mut models = load(&[s.write(dir.path())], &settings()).unwrap();
     let model = models.segmentation().next().unwrap();
-    let window = WindowSpec { patch: [16, 16, 16], size_multiple: 8, overlap: 0.5, batch_size: 3, out_channels: 1 };
+    let window = one_channel_windows([16, 16, 16], 3, false);
     // Odd sizes, many windows: ONNX Runtime and the reference convolution through the same windows.
     let input = tensor(2, [37, 50, 29], vec![0.0, -1.0]);
     let got = model.predict(&input).unwrap();
@@ -172,25 +172,60 @@ fn a_3x3x3_network_is_padded_to_the_size_multiple_and_cropped_back() {
     // Smaller than a patch: one 16^3 window, padded with each channel's pad value, cropped.
     let small = tensor(2, [5, 7, 9], vec![0.5, -1.0]);
     let got = model.predict(&small).unwrap();
-    let mut padded = vec![0f32; 2 * 16 * 16 * 16];
-    for c in 0..2 {
-        for z in 0..16 {
-            for y in 0..16 {
-                for x in 0..16 {
-                    padded[((c * 16 + z) * 16 + y) * 16 + x] =
-                        if z < 5 && y < 7 && x < 9 { small.data[((c * 5 + z) * 7 + y) * 9 + x] } else { small.pad[c] };
-                }
-            }
-        }
+    let off = worst(&got, &conv3_once(&small, [16, 16, 16]));
+    assert!(off < 1e-4, "a volume smaller than the patch is off by {off}");
+}
+
+/// Windows of a one-output network, size multiple 8, overlap 0.5.
+fn one_channel_windows(patch: [usize; 3], batch_size: usize, fits_grid: bool) -> WindowSpec {
+    WindowSpec { patch, size_multiple: 8, overlap: 0.5, batch_size, out_channels: 1, fits_grid }
+}
+
+/// conv3 in one pass over `input` padded (with each channel's pad value) to `padded`, cropped back.
+fn conv3_once(input: &Tensor, padded: [usize; 3]) -> Vec<f32> {
+    let [d, h, w] = input.dims;
+    let [pd, ph, pw] = padded;
+    let c = input.channels;
+    let mut volume = vec![0f32; c * pd * ph * pw];
+    for (i, v) in volume.iter_mut().enumerate() {
+        let (x, y, z, ci) = (i % pw, i / pw % ph, i / (pw * ph) % pd, i / (pw * ph * pd));
+        *v = if z < d && y < h && x < w { input.data[((ci * d + z) * h + y) * w + x] } else { input.pad[ci] };
     }
     let mut full = Vec::new();
-    conv3(&padded, [1, 2, 16, 16, 16], &mut full).unwrap();
-    let want: Vec<f32> = (0..5)
-        .flat_map(|z| (0..7).flat_map(move |y| (0..9).map(move |x| (z, y, x))))
-        .map(|(z, y, x)| full[(z * 16 + y) * 16 + x])
-        .collect();
-    let off = worst(&got, &want);
-    assert!(off < 1e-4, "a volume smaller than the patch is off by {off}");
+    conv3(&volume, [1, c, pd, ph, pw], &mut full).unwrap();
+    (0..d)
+        .flat_map(|z| (0..h).flat_map(move |y| (0..w).map(move |x| (z, y, x))))
+        .map(|(z, y, x)| full[(z * ph + y) * pw + x])
+        .collect()
+}
+
+#[test]
+fn a_net_without_window_statistics_gets_windows_no_larger_than_the_padded_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec("conv3", "segmentation", "conv3.onnx", &[SUV, CT]);
+    s.window = ([64, 64, 64], 8, 0.5, 1);
+    s.extra = "patch_fits_grid = true\n";
+    let mut models = load(&[s.write(dir.path())], &settings()).unwrap();
+    let model = models.segmentation().next().unwrap();
+    // 37 x 50 x 29 pads to 40 x 56 x 32, under the patch on every axis: one window of that size,
+    // not of 64^3, so the same as one pass over the volume padded to the size multiple only.
+    let input = tensor(2, [37, 50, 29], vec![0.0, -1.0]);
+    let off = worst(&model.predict(&input).unwrap(), &conv3_once(&input, [40, 56, 32]));
+    assert!(off < 1e-4, "one window over the padded grid is off by {off}");
+    // Longer than the patch along z: 64 x 24 x 16 windows slide along z only.
+    let tall = tensor(2, [150, 21, 13], vec![0.0, -1.0]);
+    let spec = one_channel_windows([64, 64, 64], 1, true);
+    assert_eq!(spec.window(tall.dims), [64, 24, 16]);
+    let mut shapes = Vec::new();
+    let mut recorded = |batch: &[f32], shape: [usize; 5], out: &mut Vec<f32>| {
+        shapes.push(shape);
+        conv3(batch, shape, out)
+    };
+    let want = sliding_window(&mut recorded, &tall, &spec).unwrap();
+    // 152 slices: windows at 0, 29, 59, 88 (step at most 32).
+    assert_eq!(shapes, vec![[1, 2, 64, 24, 16]; 4]);
+    let off = worst(&model.predict(&tall).unwrap(), &want);
+    assert!(off < 1e-4, "ONNX Runtime differs from the reference by {off}");
 }
 
 fn grid(dims: [usize; 3]) -> Geometry {

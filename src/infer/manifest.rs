@@ -163,6 +163,12 @@ pub struct Manifest {
     pub size_multiple: usize,
     pub overlap: f64,
     pub batch_size: usize,
+    /// `patch_size` is the largest window: along an axis where the grid, padded to
+    /// `size_multiple`, is smaller, the window is that padded extent. Only for a net without
+    /// per-window statistics (batch normalisation, folded at export); an instance-normalised net
+    /// must see the patch it was trained on.
+    #[serde(default)]
+    pub patch_fits_grid: bool,
     /// Segmentation only: foreground where the probability is at least this.
     #[serde(default)]
     pub threshold: Option<f64>,

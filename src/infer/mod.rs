@@ -204,6 +204,7 @@ impl Model {
             size_multiple: m.size_multiple,
             overlap: m.overlap,
             batch_size: m.batch_size,
+            fits_grid: m.patch_fits_grid,
             out_channels: m.task.output_channels(),
         };
         sliding_window(&mut self.session, input, &spec).map_err(|e| e.in_model(&m.name))

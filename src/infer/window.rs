@@ -40,6 +40,19 @@ pub struct WindowSpec {
     pub batch_size: usize,
     /// Output channels `K`.
     pub out_channels: usize,
+    /// `patch` is the largest window: along an axis where the padded grid is smaller, the window
+    /// is the padded grid (a net without per-window statistics; docs/models.md).
+    pub fits_grid: bool,
+}
+
+impl WindowSpec {
+    /// The window (z, y, x) over a volume of `dims`.
+    pub fn window(&self, dims: [usize; 3]) -> [usize; 3] {
+        std::array::from_fn(|a| {
+            let padded = dims[a].div_ceil(self.size_multiple.max(1)) * self.size_multiple.max(1);
+            if self.fits_grid { self.patch[a].min(padded.max(1)) } else { self.patch[a] }
+        })
+    }
 }
 
 /// A normalised multi-channel volume: `[C, D, H, W]` contiguous, `(z, y, x)` per channel.
@@ -109,7 +122,7 @@ pub fn sliding_window(
             input.pad.len()
         )));
     }
-    let patch = spec.patch;
+    let patch = spec.window(dims);
     let k = spec.out_channels;
     let starts: [Vec<usize>; 3] = std::array::from_fn(|a| {
         window_starts(padded_size(dims[a], patch[a], spec.size_multiple), patch[a], 1.0 - spec.overlap)
@@ -252,6 +265,17 @@ mod tests {
     }
 
     #[test]
+    fn a_window_fits_the_padded_grid_only_when_asked() {
+        let mut s = spec([64, 96, 128], 8, 1, 1);
+        assert_eq!(s.window([225, 89, 123]), [64, 96, 128]);
+        s.fits_grid = true;
+        assert_eq!(s.window([225, 89, 123]), [64, 96, 128]);
+        s.patch = [256, 128, 160];
+        assert_eq!(s.window([225, 89, 123]), [232, 96, 128]);
+        assert_eq!(s.window([300, 140, 170]), [256, 128, 160]);
+    }
+
+    #[test]
     fn padding_reaches_the_patch_and_the_size_multiple() {
         assert_eq!(padded_size(37, 16, 8), 40);
         assert_eq!(padded_size(5, 16, 8), 16);
@@ -267,7 +291,7 @@ mod tests {
     }
 
     fn spec(patch: [usize; 3], size_multiple: usize, batch_size: usize, out_channels: usize) -> WindowSpec {
-        WindowSpec { patch, size_multiple, overlap: 0.5, batch_size, out_channels }
+        WindowSpec { patch, size_multiple, overlap: 0.5, batch_size, out_channels, fits_grid: false }
     }
 
     /// A pointwise "network": out[k] = sum over c of (k + 1) * in[c] + k.
@@ -446,7 +470,14 @@ mod tests {
         // Values of order 1, so the tolerance means something.
         input.data.iter_mut().for_each(|v| *v = (*v * 0.37).sin());
         for (patch, multiple, overlap) in [([8, 8, 8], 8, 0.5), ([16, 8, 8], 4, 0.25), ([8, 16, 8], 8, 0.0)] {
-            let spec = WindowSpec { patch, size_multiple: multiple, overlap, batch_size: 4, out_channels: 2 };
+            let spec = WindowSpec {
+                patch,
+                size_multiple: multiple,
+                overlap,
+                batch_size: 4,
+                out_channels: 2,
+                fits_grid: false,
+            };
             let got = sliding_window(&mut where_in_window(2), &input, &spec).unwrap();
             let want = naive(&mut where_in_window(2), &input, &spec);
             assert_eq!(got.len(), want.len());
