@@ -1,7 +1,7 @@
 """The Python peer of bench/infer.sh: the same three models on the same model-grid volumes with
 onnxruntime and MONAI-style sliding-window inference (training/window.py: Gaussian importance,
-sigma 0.125 of the patch; the manifests' patch size, overlap and batch size), whole grid, no
-crop.
+sigma 0.125 of the patch; the manifests' patch size, fitted to the grid where a manifest says
+patch_fits_grid, overlap and batch size), whole grid, no crop.
 
     infer_onnxruntime.py MODEL_GRID_DIR MODELS_DIR ROUNDS NODE_SECONDS
 """
@@ -28,7 +28,8 @@ def model(name):
     predict = window.onnx(window.session(os.path.join(models, manifest["file"]), 2))
     return manifest, lambda x, pad: window.infer(predict, x, patch=tuple(manifest["patch_size"]), pad_values=pad,
                                                  overlap=manifest["overlap"], batch_size=manifest["batch_size"],
-                                                 multiple=manifest["size_multiple"])
+                                                 multiple=manifest["size_multiple"],
+                                                 fit=manifest.get("patch_fits_grid", False))
 
 
 def normalised(spec, x):

@@ -34,9 +34,10 @@ AIR = {"suv": 0.0, "ct_hu": -1000.0, "anomaly_prior": 0.0, "suv_masked": 0.0, "s
 # The model grid of every model here: 4 mm isotropic.
 SPACING_MM = 4.0
 VOXEL_ML = SPACING_MM**3 / 1000
-# The window a batch-normalised segmentation net is served on (z, y, x; nets.norm_layer): 26 x 38 x 51 cm,
-# a torso's cross-section in one window, so the overlap repeats work only along z.
-SERVE_PATCH = (64, 96, 128)
+# The largest window a batch-normalised segmentation net is served on (z, y, x; nets.norm_layer),
+# smaller where the grid is (the manifest's patch_fits_grid): 102 x 51 x 64 cm, a whole-body study
+# in one window, so the overlap repeats no work (windows of 64 x 96 x 128 did it twice over along z).
+SERVE_PATCH = (256, 128, 160)
 # The anomaly detector's input channels, in the manifest's order.
 ANOMALY_CHANNELS = ["suv_masked", "suv_mask", "ct_hu", "ct_soft"]
 

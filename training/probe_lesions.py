@@ -31,7 +31,7 @@ def main():
         case = data.Case(folder, with_prior="anomaly_prior" in channels)
         box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(case.body)[0])
         logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=data.SERVE_PATCH,
-                              batch_size=1, pad_values=data.air_values(channels))
+                              batch_size=1, pad_values=data.air_values(channels), fit=True)
         prob = np.zeros(case.suv.shape, np.float32)
         prob[box] = 0.5 * (1 + np.tanh(0.5 * logits[0]))  # the logistic function without overflow
         label = case.labels["truth"] != 0

@@ -11,7 +11,8 @@ lesion-free studies).
 
 With --validate it prints, every so many steps, the Dice of each validation study against the
 trained labels on the model grid (the node's windows: the training patch under instance
-normalisation, data.SERVE_PATCH under --norm batch; overlap 0.5; within the body's bounding box)
+normalisation, data.SERVE_PATCH fitted to the grid under --norm batch; overlap 0.5; within the body's
+bounding box)
 and keeps the checkpoint with the best mean beside the last one (`-best.pt`).
 """
 import argparse
@@ -118,7 +119,7 @@ def validation_dice(net, case, channels, labels, patch, device):
     box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(case.body)[0])
     predict = lambda batch: net(torch.from_numpy(batch).to(device)).cpu().numpy()
     logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=patch,
-                          batch_size=1, pad_values=data.air_values(channels))
+                          batch_size=1, pad_values=data.air_values(channels), fit=patch == data.SERVE_PATCH)
     return dice(logits[0] > 0, case.labels[labels][box] != 0)
 
 

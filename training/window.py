@@ -42,8 +42,13 @@ def starts(n, patch, step):
     return [int(round(actual * i)) for i in range(count)]
 
 
-def infer(predict, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=None, multiple=8):
+def infer(predict, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=None, multiple=8, fit=False):
+    """fit: `patch` is the largest window, and along an axis where the grid padded to `multiple`
+    is smaller the window is that (the manifest's patch_fits_grid: nets without per-window
+    statistics)."""
     c, *shape = x.shape
+    if fit:
+        patch = [min(p, math.ceil(n / multiple) * multiple) for n, p in zip(shape, patch)]
     padded = [max(p, math.ceil(n / multiple) * multiple) for n, p in zip(shape, patch)]
     if pad_values is None:
         pad_values = np.zeros(c, dtype=np.float32)
