@@ -25,9 +25,13 @@ import window
 
 
 def reconstruct(session, case, patch, threshold=data.MASK_THRESHOLD_SUV):
-    """The detector's mean and log-variance of the normalised SUV, by sliding window as the node."""
+    """The detector's mean and log-variance of the normalised SUV, by sliding window as the node:
+    `patch` the training patch (instance normalisation) or None for a batch-normalised detector,
+    served on data.SERVE_PATCH fitted to the grid."""
     x = data.anomaly_inputs(case.suv, case.ct, case.suv > threshold)
-    return window.infer(window.onnx(session), x, patch=(patch,) * 3, pad_values=data.air_values(data.ANOMALY_CHANNELS))
+    fit = patch is None
+    return window.infer(window.onnx(session), x, patch=data.SERVE_PATCH if fit else (patch,) * 3,
+                        pad_values=data.air_values(data.ANOMALY_CHANNELS), batch_size=1 if fit else 2, fit=fit)
 
 
 def z_of(case, out):
@@ -93,11 +97,14 @@ def main():
     p.add_argument("--check", nargs="*", default=[], help="case roots to print scores for")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--patch", type=int, default=64, help="the patch it was trained on (train_anomaly.py --patch)")
+    p.add_argument("--norm", choices=["instance", "batch"], default="instance",
+                   help="batch: windows of data.SERVE_PATCH fitted to the grid instead of --patch")
     args = p.parse_args()
     session = window.session(args.onnx, args.threads)
     wanted = data.seed_set(args.cases)
     cases = data.load(args.data, seeds=args.cases)
-    zs = [z_map(session, c, args.patch) for c in cases]
+    patch = None if args.norm == "batch" else args.patch
+    zs = [z_map(session, c, patch) for c in cases]
     body_z = np.concatenate([z[c.body != 0] for z, c in zip(zs, cases)])
     z_low, quantile = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
     z_high = z_low + args.margin * (quantile - z_low)
@@ -114,7 +121,7 @@ def main():
                              for z, c in zip(zs, cases)}}
     for root in args.check:
         for c in data.load(root):
-            z = z_map(session, c, args.patch)
+            z = z_map(session, c, patch)
             seen = {"score": score(z, c.body, z_low, z_high, args.score_volume_ml)}
             truth = c.labels.get("truth")
             if truth is not None and truth.any():

@@ -25,7 +25,7 @@ SIZE_MULTIPLE = 8  # 2 ** (levels - 1)
 def build(checkpoint):
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if ck["task"] == "anomaly":
-        net = nets.DualBranchAE(base=ck["base"])
+        net = nets.DualBranchAE(base=ck["base"], norm=ck.get("norm", "instance"))
     else:
         net = nets.UNet(len(ck["channels"]), 1, base=ck["base"], norm=ck.get("norm", "instance"))
     net.load_state_dict(ck["state_dict"])

@@ -87,14 +87,14 @@ class DualBranchAE(nn.Module):
     """PET branch (masked SUV and its mask) and CT branch, fused at every scale into one
     decoder that predicts the mean and log-variance of the (normalised) SUV."""
 
-    def __init__(self, base=8, levels=4):
+    def __init__(self, base=8, levels=4, norm="instance"):
         super().__init__()
         widths = [base * 2**i for i in range(levels)]
-        self.pet = Encoder(2, widths)
-        self.ct = Encoder(2, widths)
+        self.pet = Encoder(2, widths, norm)
+        self.ct = Encoder(2, widths, norm)
         # 1x1x1 fusion of the branches at every scale keeps the decoder at single width.
         self.fuse = nn.ModuleList(nn.Conv3d(2 * w, w, 1) for w in widths)
-        self.decoder = Decoder(widths, 2)
+        self.decoder = Decoder(widths, 2, norm)
         # Start at a plausible body: mean 1 SUV, sigma about 0.8 SUV. From sigma 10 SUV Adam's
         # lr-sized steps need thousands of steps to bring the variance down.
         # The second bias is the sigmoid's inverse at logvar -5 (see forward).

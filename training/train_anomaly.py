@@ -127,6 +127,9 @@ def main():
                    help="the fraction of patches centred in a hot region, chosen with weight sqrt(size)")
     p.add_argument("--hot-l2", type=float, default=0.0,
                    help="weight of a squared error over the hot voxels, added to the loss (0: none)")
+    p.add_argument("--norm", choices=["instance", "batch"], default="instance",
+                   help="batch: one fixed function of the input, served on windows fitted to the grid "
+                        "(nets.norm_layer); instance: on the training patch")
     loop.add_args(p)
     args = p.parse_args()
     rng = loop.seeded(args)
@@ -154,9 +157,10 @@ def main():
 
     def checkpoint(net, steps):
         return {"task": "anomaly", "channels": data.ANOMALY_CHANNELS, "state_dict": net.state_dict(),
-                "base": args.base, "steps": steps, "args": vars(args), "mask_threshold_suv": data.MASK_THRESHOLD_SUV}
+                "base": args.base, "norm": args.norm, "steps": steps, "args": vars(args),
+                "mask_threshold_suv": data.MASK_THRESHOLD_SUV}
 
-    loop.train(nets.DualBranchAE(base=args.base), args, step, checkpoint)
+    loop.train(nets.DualBranchAE(base=args.base, norm=args.norm), args, step, checkpoint)
 
 if __name__ == "__main__":
     main()
