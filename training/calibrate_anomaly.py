@@ -24,22 +24,21 @@ import data
 import window
 
 
-def reconstruct(session, case, patch, threshold=data.MASK_THRESHOLD_SUV):
-    """The detector's mean and log-variance of the normalised SUV, by sliding window as the node:
-    `patch` the training patch (instance normalisation) or None for a batch-normalised detector,
-    served on data.SERVE_PATCH fitted to the grid."""
+def reconstruct(session, case, patch, threshold=data.MASK_THRESHOLD_SUV, norm="instance"):
+    """The detector's mean and log-variance of the normalised SUV, by sliding window as the node
+    (`patch` the training patch; data.serve_window)."""
     x = data.anomaly_inputs(case.suv, case.ct, case.suv > threshold)
-    fit = patch is None
-    return window.infer(window.onnx(session), x, patch=data.SERVE_PATCH if fit else (patch,) * 3,
-                        pad_values=data.air_values(data.ANOMALY_CHANNELS), batch_size=1 if fit else 2, fit=fit)
+    served, fit = data.serve_window(norm, patch)
+    return window.infer(window.onnx(session), x, patch=served, pad_values=data.air_values(data.ANOMALY_CHANNELS),
+                        batch_size=1 if fit else 2, fit=fit)
 
 
 def z_of(case, out):
     return (data.normalise("suv", case.suv) - out[0]) * np.exp(-out[1] / 2)
 
 
-def z_map(session, case, patch):
-    return z_of(case, reconstruct(session, case, patch))
+def z_map(session, case, patch, norm="instance"):
+    return z_of(case, reconstruct(session, case, patch, norm=norm))
 
 
 PRIOR_KEYS = ("prior_z_low", "prior_z_high")
@@ -98,13 +97,12 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--patch", type=int, default=64, help="the patch it was trained on (train_anomaly.py --patch)")
     p.add_argument("--norm", choices=["instance", "batch"], default="instance",
-                   help="batch: windows of data.SERVE_PATCH fitted to the grid instead of --patch")
+                   help="the detector's normalisation (train_anomaly.py --norm): the windows it is served on")
     args = p.parse_args()
     session = window.session(args.onnx, args.threads)
     wanted = data.seed_set(args.cases)
     cases = data.load(args.data, seeds=args.cases)
-    patch = None if args.norm == "batch" else args.patch
-    zs = [z_map(session, c, patch) for c in cases]
+    zs = [z_map(session, c, args.patch, args.norm) for c in cases]
     body_z = np.concatenate([z[c.body != 0] for z, c in zip(zs, cases)])
     z_low, quantile = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
     z_high = z_low + args.margin * (quantile - z_low)
@@ -121,7 +119,7 @@ def main():
                              for z, c in zip(zs, cases)}}
     for root in args.check:
         for c in data.load(root):
-            z = z_map(session, c, patch)
+            z = z_map(session, c, args.patch, args.norm)
             seen = {"score": score(z, c.body, z_low, z_high, args.score_volume_ml)}
             truth = c.labels.get("truth")
             if truth is not None and truth.any():

@@ -38,6 +38,14 @@ VOXEL_ML = SPACING_MM**3 / 1000
 # smaller where the grid is (the manifest's patch_fits_grid): 102 x 51 x 64 cm, a whole-body study
 # in one window, so the overlap repeats no work (windows of 64 x 96 x 128 did it twice over along z).
 SERVE_PATCH = (256, 128, 160)
+
+
+def serve_window(norm, trained_patch):
+    """The window a net is served on (z, y, x) and whether it fits the grid (patch_fits_grid): the
+    trained patch under instance normalisation, which sees a window's statistics; SERVE_PATCH
+    under batch normalisation."""
+    return (SERVE_PATCH, True) if norm == "batch" else ((trained_patch,) * 3, False)
+
 # The anomaly detector's input channels, in the manifest's order.
 ANOMALY_CHANNELS = ["suv_masked", "suv_mask", "ct_hu", "ct_soft"]
 

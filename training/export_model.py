@@ -52,7 +52,7 @@ def serve_patch(ck):
     """The window the node serves it on (z, y, x): the trained patch under instance normalisation,
     which sees a window's statistics; under batch normalisation the larger data.SERVE_PATCH, fitted
     to the grid where that is smaller (patch_fits_grid)."""
-    return data.SERVE_PATCH if ck.get("norm") == "batch" else (patch(ck),) * 3
+    return data.serve_window(ck.get("norm"), patch(ck))[0]
 
 
 def manifest(ck, name, version, onnx_file, sha, description, extra):
@@ -72,7 +72,7 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         # Two windows of the trained patch per run; the serving window is big enough alone.
         f"batch_size = {1 if ck.get('norm') == 'batch' else 2}",
     ]
-    if ck.get("norm") == "batch":
+    if data.serve_window(ck.get("norm"), patch(ck))[1]:
         lines.append("patch_fits_grid = true")
     if ck["task"] == "segmentation":
         lines += [f"threshold = {toml_value(extra.get('threshold', 0.5))}",

@@ -113,13 +113,13 @@ def dice(pred, ref):
     return 1.0 if total == 0 else float(2 * (pred & ref).sum() / total)
 
 
-def validation_dice(net, case, channels, labels, patch, device):
+def validation_dice(net, case, channels, labels, served, device):
     """Dice of the net's mask (probability 0.5) against `labels` within the body's bounding box, on
-    the node's windows (`patch`, overlap 0.5)."""
+    the node's windows (`served`: data.serve_window's window and fit; overlap 0.5)."""
     box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(case.body)[0])
     predict = lambda batch: net(torch.from_numpy(batch).to(device)).cpu().numpy()
-    logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=patch,
-                          batch_size=1, pad_values=data.air_values(channels), fit=patch == data.SERVE_PATCH)
+    logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=served[0],
+                          batch_size=1, pad_values=data.air_values(channels), fit=served[1])
     return dice(logits[0] > 0, case.labels[labels][box] != 0)
 
 
@@ -224,8 +224,8 @@ def main():
     best = {"dice": -1.0, "path": args.out.removesuffix(".pt") + "-best.pt"}
 
     def validate(net, steps):
-        patch = data.SERVE_PATCH if args.norm == "batch" else (args.patch,) * 3
-        dices = [validation_dice(net, c, channels, args.labels, patch, args.device) for c in validation]
+        served = data.serve_window(args.norm, args.patch)
+        dices = [validation_dice(net, c, channels, args.labels, served, args.device) for c in validation]
         mean = float(np.mean(dices))
         if mean > best["dice"]:
             best["dice"] = mean

@@ -49,8 +49,7 @@ impl WindowSpec {
     /// The window (z, y, x) over a volume of `dims`.
     pub fn window(&self, dims: [usize; 3]) -> [usize; 3] {
         std::array::from_fn(|a| {
-            let padded = dims[a].div_ceil(self.size_multiple.max(1)) * self.size_multiple.max(1);
-            if self.fits_grid { self.patch[a].min(padded.max(1)) } else { self.patch[a] }
+            if self.fits_grid { self.patch[a].min(padded_size(dims[a], 1, self.size_multiple)) } else { self.patch[a] }
         })
     }
 }
