@@ -207,13 +207,18 @@ fn a_net_without_window_statistics_gets_windows_no_larger_than_the_padded_grid()
     s.extra = "patch_fits_grid = true\n";
     let mut models = load(&[s.write(dir.path())], &settings()).unwrap();
     let model = models.segmentation().next().unwrap();
-    // 37 x 50 x 29 pads to 40 x 56 x 32, under the patch on every axis: one window of that size,
-    // not of 64^3, so the same as one pass over the volume padded to the size multiple only.
-    let input = tensor(2, [37, 50, 29], vec![0.0, -1.0]);
+    // 40 x 56 x 32, multiples of the size multiple and under the patch on every axis: one window
+    // of exactly the volume, whose border voxels see the network's zero padding, as one pass over
+    // the volume does (a 64^3 window would show them the CT channel's pad value, -1, instead).
+    let input = tensor(2, [40, 56, 32], vec![0.0, -1.0]);
     let off = worst(&model.predict(&input).unwrap(), &conv3_once(&input, [40, 56, 32]));
+    assert!(off < 1e-4, "one window over the grid is off by {off}");
+    // 37 x 50 x 29 pads to 40 x 56 x 32: the same as one pass over the volume padded to that.
+    let odd = tensor(2, [37, 50, 29], vec![0.0, -1.0]);
+    let off = worst(&model.predict(&odd).unwrap(), &conv3_once(&odd, [40, 56, 32]));
     assert!(off < 1e-4, "one window over the padded grid is off by {off}");
     // Longer than the patch along z: 64 x 24 x 16 windows slide along z only.
-    let tall = tensor(2, [150, 21, 13], vec![0.0, -1.0]);
+    let tall = tensor(2, [150, 24, 16], vec![0.0, -1.0]);
     let spec = one_channel_windows([64, 64, 64], 1, true);
     assert_eq!(spec.window(tall.dims), [64, 24, 16]);
     let mut shapes = Vec::new();
