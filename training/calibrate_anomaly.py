@@ -24,11 +24,11 @@ import data
 import window
 
 
-def reconstruct(session, case, patch, threshold=data.MASK_THRESHOLD_SUV, norm="instance"):
+def reconstruct(session, case, patch, threshold=data.MASK_THRESHOLD_SUV, norm="instance", served_window=None):
     """The detector's mean and log-variance of the normalised SUV, by sliding window as the node
-    (`patch` the training patch; data.serve_window)."""
+    (`patch` the training patch, `served_window` the manifest's patch_size; data.serve_window)."""
     x = data.anomaly_inputs(case.suv, case.ct, case.suv > threshold)
-    served, fit = data.serve_window(norm, patch)
+    served, fit = data.serve_window(norm, patch, served_window)
     return window.infer(window.onnx(session), x, patch=served, pad_values=data.air_values(data.ANOMALY_CHANNELS),
                         batch_size=1 if fit else 2, fit=fit)
 
@@ -37,8 +37,8 @@ def z_of(case, out):
     return (data.normalise("suv", case.suv) - out[0]) * np.exp(-out[1] / 2)
 
 
-def z_map(session, case, patch, norm="instance"):
-    return z_of(case, reconstruct(session, case, patch, norm=norm))
+def z_map(session, case, patch, norm="instance", served_window=None):
+    return z_of(case, reconstruct(session, case, patch, norm=norm, served_window=served_window))
 
 
 PRIOR_KEYS = ("prior_z_low", "prior_z_high")
@@ -98,11 +98,14 @@ def main():
     p.add_argument("--patch", type=int, default=64, help="the patch it was trained on (train_anomaly.py --patch)")
     p.add_argument("--norm", choices=["instance", "batch"], default="instance",
                    help="the detector's normalisation (train_anomaly.py --norm): the windows it is served on")
+    p.add_argument("--window", help="instance normalisation: the window it is served on, Z,Y,X (its manifest's "
+                   "patch_size; default the trained patch)")
     args = p.parse_args()
+    window_zyx = data.window_arg(args.window)
     session = window.session(args.onnx, args.threads)
     wanted = data.seed_set(args.cases)
     cases = data.load(args.data, seeds=args.cases)
-    zs = [z_map(session, c, args.patch, args.norm) for c in cases]
+    zs = [z_map(session, c, args.patch, args.norm, window_zyx) for c in cases]
     body_z = np.concatenate([z[c.body != 0] for z, c in zip(zs, cases)])
     z_low, quantile = (float(np.quantile(body_z, q)) for q in (args.low, args.high))
     z_high = z_low + args.margin * (quantile - z_low)
@@ -119,7 +122,7 @@ def main():
                              for z, c in zip(zs, cases)}}
     for root in args.check:
         for c in data.load(root):
-            z = z_map(session, c, args.patch, args.norm)
+            z = z_map(session, c, args.patch, args.norm, window_zyx)
             seen = {"score": score(z, c.body, z_low, z_high, args.score_volume_ml)}
             truth = c.labels.get("truth")
             if truth is not None and truth.any():

@@ -40,11 +40,16 @@ VOXEL_ML = SPACING_MM**3 / 1000
 SERVE_PATCH = (256, 128, 160)
 
 
-def serve_window(norm, trained_patch):
-    """The window a net is served on (z, y, x) and whether it fits the grid (patch_fits_grid): the
-    trained patch under instance normalisation, which sees a window's statistics; SERVE_PATCH
-    under batch normalisation."""
-    return (SERVE_PATCH, True) if norm == "batch" else ((trained_patch,) * 3, False)
+def serve_window(norm, trained_patch, window=None):
+    """The window a net is served on (z, y, x) and whether it fits the grid (patch_fits_grid): under
+    instance normalisation, which sees a window's statistics, `window` (its manifest's patch_size)
+    or else the trained patch; SERVE_PATCH under batch normalisation."""
+    return (SERVE_PATCH, True) if norm == "batch" else (tuple(window or (trained_patch,) * 3), False)
+
+
+def window_arg(text):
+    """A --window argument, "Z,Y,X", as a tuple (None when absent)."""
+    return tuple(int(v) for v in text.split(",")) if text else None
 
 # The anomaly detector's input channels, in the manifest's order.
 ANOMALY_CHANNELS = ["suv_masked", "suv_mask", "ct_hu", "ct_soft"]

@@ -26,12 +26,13 @@ def main():
     p.add_argument("--volume-ml", type=float, default=1.0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--patch", type=int, default=64, help="the patch it was trained on (train_anomaly.py --patch)")
+    p.add_argument("--window", help="the window it is served on, Z,Y,X (its manifest's patch_size)")
     args = p.parse_args()
     session = window.session(args.onnx, args.threads)
     k = data.voxels_in(args.volume_ml)
     for kind, cases in (("normal", data.load(args.normal, seeds=args.normal_seeds)), ("lesion", data.load(args.lesion))):
         for c in cases:
-            out = calibrate_anomaly.reconstruct(session, c, args.patch)
+            out = calibrate_anomaly.reconstruct(session, c, args.patch, served_window=data.window_arg(args.window))
             z = calibrate_anomaly.z_of(c, out)
             body = np.where(c.body != 0, z, -np.inf)
             hottest = np.sort(body.ravel())[-k:]

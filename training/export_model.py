@@ -48,11 +48,11 @@ def patch(ck):
     return ck["args"]["patch"]
 
 
-def serve_patch(ck):
-    """The window the node serves it on (z, y, x): the trained patch under instance normalisation,
-    which sees a window's statistics; under batch normalisation the larger data.SERVE_PATCH, fitted
-    to the grid where that is smaller (patch_fits_grid)."""
-    return data.serve_window(ck.get("norm"), patch(ck))[0]
+def serve_patch(ck, window=None):
+    """The window the node serves it on (z, y, x): under instance normalisation, which sees a
+    window's statistics, `window` (--window) or else the trained patch; under batch normalisation
+    the larger data.SERVE_PATCH, fitted to the grid where that is smaller (patch_fits_grid)."""
+    return data.serve_window(ck.get("norm"), patch(ck), window)[0]
 
 
 def manifest(ck, name, version, onnx_file, sha, description, extra):
@@ -66,7 +66,7 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         'input_name = "input"',
         'output_name = "output"',
         f"spacing_mm = {toml_value([data.SPACING_MM] * 3)}",
-        f"patch_size = {toml_value(list(serve_patch(ck)))}",
+        f"patch_size = {toml_value(list(serve_patch(ck, extra.get('window'))))}",
         f"size_multiple = {SIZE_MULTIPLE}",
         "overlap = 0.5",
         # Two windows of the trained patch per run; the serving window is big enough alone.
@@ -98,12 +98,12 @@ def export(net, ck, path):
                       dynamic_axes={"input": axes, "output": axes}, opset_version=17, dynamo=False)
 
 
-def parity(net, ck, path, rng):
+def parity(net, ck, path, rng, window=None):
     """Largest |onnxruntime - torch| over random inputs of several sizes, relative to the
     outputs' magnitude where that exceeds 1 (float32 sums err in proportion to their size)."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     worst = 0.0
-    for shape in [(2,) + (patch(ck),) * 3, (1,) + tuple(serve_patch(ck)), (1, 40, 72, 56), (1, 16, 8, 24)]:
+    for shape in [(2,) + (patch(ck),) * 3, (1,) + tuple(serve_patch(ck, window)), (1, 40, 72, 56), (1, 16, 8, 24)]:
         x = rng.uniform(-1, 1.5, size=(shape[0], len(ck["channels"])) + shape[1:]).astype(np.float32)
         if ck["task"] == "anomaly":
             x[:, 1] = (x[:, 1] > 0.8).astype(np.float32)
@@ -124,16 +124,19 @@ def main():
     p.add_argument("--annotation-source", help="segmentation: the labels it was trained on")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--description", default="")
+    p.add_argument("--window", help="instance normalisation: the window the node serves it on, Z,Y,X (default the "
+                   "trained patch; calibrate_anomaly.py --window must match)")
     args = p.parse_args()
     net, ck = build(args.checkpoint)
     os.makedirs(args.out, exist_ok=True)
     onnx_path = os.path.join(args.out, f"{args.name}.onnx")
     export(net, ck, onnx_path)
-    worst = parity(net, ck, onnx_path, np.random.default_rng(0))
+    worst = parity(net, ck, onnx_path, np.random.default_rng(0), data.window_arg(args.window))
     if worst > 1e-4:
         raise SystemExit(f"onnxruntime differs from torch by {worst:.2e} (> 1e-4, relative above 1)")
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
-    extra = {"annotation_source": args.annotation_source, "threshold": args.threshold}
+    extra = {"annotation_source": args.annotation_source, "threshold": args.threshold,
+             "window": data.window_arg(args.window)}
     if ck["task"] == "anomaly" and args.calibration:
         extra["calibration"] = json.load(open(args.calibration))
     if ck["task"] == "segmentation" or args.calibration:
