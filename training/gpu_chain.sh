@@ -13,7 +13,8 @@
 #
 # From the environment: PYTHON, JOBS (node processes), BINARY, SCRATCH (temporary studies),
 # DEVICE (cuda), LESION / NORMAL / VALIDATION (seed ranges), DATA_SECONDS, BASE_STEPS (8000),
-# FINE_STEPS (4000).
+# FINE_STEPS (4000), ANOMALY_CONFIG (the node config whose anomaly model makes the prior;
+# training/configs/anomaly.toml, the shipped one; anomaly-candidate.toml: item 39's candidate).
 #
 # OUT gets lesion/, normal-prior/, validation/, the checkpoints and one log per net. The shipped
 # nets' data came from JOBS=9 DATA_SECONDS=200, which reached LESION=1000-1056,1059 and
@@ -24,7 +25,7 @@ out=${1:?usage: training/gpu_chain.sh OUT}
 P=${PYTHON:-python3}
 jobs=${JOBS:-8}
 export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-2}
-common=(--models training/configs/anomaly.toml --binary "${BINARY:-target/release/petct-node}")
+common=(--models "${ANOMALY_CONFIG:-training/configs/anomaly.toml}" --binary "${BINARY:-target/release/petct-node}")
 [ -n "${SCRATCH:-}" ] && common+=(--scratch "$SCRATCH")
 mkdir -p "$out"
 t0=$SECONDS
