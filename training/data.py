@@ -47,9 +47,15 @@ def serve_window(norm, trained_patch, window=None):
     return (SERVE_PATCH, True) if norm == "batch" else (tuple(window or (trained_patch,) * 3), False)
 
 
-def window_arg(text):
-    """A --window argument, "Z,Y,X", as a tuple (None when absent)."""
-    return tuple(int(v) for v in text.split(",")) if text else None
+def window_arg(text, multiple=8):
+    """A --window argument, "Z,Y,X" (positive multiples of the nets' size multiple, as the node
+    requires of patch_size), as a tuple (None when absent)."""
+    if not text:
+        return None
+    window = tuple(int(v) for v in text.split(","))
+    if len(window) != 3 or any(n <= 0 or n % multiple for n in window):
+        raise SystemExit(f"--window {text}: three positive multiples of {multiple}, Z,Y,X")
+    return window
 
 # The anomaly detector's input channels, in the manifest's order.
 ANOMALY_CHANNELS = ["suv_masked", "suv_mask", "ct_hu", "ct_soft"]
