@@ -40,14 +40,22 @@ VOXEL_ML = SPACING_MM**3 / 1000
 SERVE_PATCH = (256, 128, 160)
 
 
+# The nets' size multiple, 2 ** (levels - 1): the manifests' size_multiple.
+SIZE_MULTIPLE = 8
+
+
 def serve_window(norm, trained_patch, window=None):
     """The window a net is served on (z, y, x) and whether it fits the grid (patch_fits_grid): under
     instance normalisation, which sees a window's statistics, `window` (its manifest's patch_size)
-    or else the trained patch; SERVE_PATCH under batch normalisation."""
-    return (SERVE_PATCH, True) if norm == "batch" else (tuple(window or (trained_patch,) * 3), False)
+    or else the trained patch; SERVE_PATCH under batch normalisation, which takes no `window`."""
+    if norm == "batch":
+        if window:
+            raise SystemExit("--window is for instance-normalised nets; batch-normalised ones fit the grid")
+        return SERVE_PATCH, True
+    return tuple(window or (trained_patch,) * 3), False
 
 
-def window_arg(text, multiple=8):
+def window_arg(text, multiple=SIZE_MULTIPLE):
     """A --window argument, "Z,Y,X" (positive multiples of the nets' size multiple, as the node
     requires of patch_size), as a tuple (None when absent)."""
     if not text:

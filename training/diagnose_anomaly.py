@@ -30,9 +30,10 @@ def main():
     args = p.parse_args()
     session = window.session(args.onnx, args.threads)
     k = data.voxels_in(args.volume_ml)
+    served_window = data.window_arg(args.window)
     for kind, cases in (("normal", data.load(args.normal, seeds=args.normal_seeds)), ("lesion", data.load(args.lesion))):
         for c in cases:
-            out = calibrate_anomaly.reconstruct(session, c, args.patch, served_window=data.window_arg(args.window))
+            out = calibrate_anomaly.reconstruct(session, c, args.patch, served_window=served_window)
             z = calibrate_anomaly.z_of(c, out)
             body = np.where(c.body != 0, z, -np.inf)
             hottest = np.sort(body.ravel())[-k:]

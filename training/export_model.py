@@ -19,7 +19,6 @@ import torch
 import data
 import nets
 
-SIZE_MULTIPLE = 8  # 2 ** (levels - 1)
 
 
 def build(checkpoint):
@@ -56,6 +55,7 @@ def serve_patch(ck, window=None):
 
 
 def manifest(ck, name, version, onnx_file, sha, description, extra):
+    served, fits_grid = data.serve_window(ck.get("norm"), patch(ck), extra.get("window"))
     lines = [
         f"# Written by training/export_model.py; {description}",
         f"name = {toml_value(name)}",
@@ -66,13 +66,13 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
         'input_name = "input"',
         'output_name = "output"',
         f"spacing_mm = {toml_value([data.SPACING_MM] * 3)}",
-        f"patch_size = {toml_value(list(serve_patch(ck, extra.get('window'))))}",
-        f"size_multiple = {SIZE_MULTIPLE}",
+        f"patch_size = {toml_value(list(served))}",
+        f"size_multiple = {data.SIZE_MULTIPLE}",
         "overlap = 0.5",
         # Two windows of the trained patch per run; the serving window is big enough alone.
         f"batch_size = {1 if ck.get('norm') == 'batch' else 2}",
     ]
-    if data.serve_window(ck.get("norm"), patch(ck))[1]:
+    if fits_grid:
         lines.append("patch_fits_grid = true")
     if ck["task"] == "segmentation":
         lines += [f"threshold = {toml_value(extra.get('threshold', 0.5))}",
@@ -131,12 +131,13 @@ def main():
     os.makedirs(args.out, exist_ok=True)
     onnx_path = os.path.join(args.out, f"{args.name}.onnx")
     export(net, ck, onnx_path)
-    worst = parity(net, ck, onnx_path, np.random.default_rng(0), data.window_arg(args.window))
+    served_window = data.window_arg(args.window)
+    worst = parity(net, ck, onnx_path, np.random.default_rng(0), served_window)
     if worst > 1e-4:
         raise SystemExit(f"onnxruntime differs from torch by {worst:.2e} (> 1e-4, relative above 1)")
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     extra = {"annotation_source": args.annotation_source, "threshold": args.threshold,
-             "window": data.window_arg(args.window)}
+             "window": served_window}
     if ck["task"] == "anomaly" and args.calibration:
         extra["calibration"] = json.load(open(args.calibration))
     if ck["task"] == "segmentation" or args.calibration:
