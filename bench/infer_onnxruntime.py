@@ -1,7 +1,7 @@
 """The Python peer of bench/infer.sh: the same three models on the same model-grid volumes with
 onnxruntime and MONAI-style sliding-window inference (training/window.py: Gaussian importance,
 sigma 0.125 of the patch; the manifests' patch size, fitted to the grid where a manifest says
-patch_fits_grid, overlap and batch size), whole grid, no crop.
+patch_fits_grid, overlap, batch size and mirror axes), whole grid, no crop.
 
     infer_onnxruntime.py MODEL_GRID_DIR MODELS_DIR ROUNDS NODE_SECONDS
 """
@@ -29,7 +29,8 @@ def model(name):
     return manifest, lambda x, pad: window.infer(predict, x, patch=tuple(manifest["patch_size"]), pad_values=pad,
                                                  overlap=manifest["overlap"], batch_size=manifest["batch_size"],
                                                  multiple=manifest["size_multiple"],
-                                                 fit=manifest.get("patch_fits_grid", False))
+                                                 fit=manifest.get("patch_fits_grid", False),
+                                                 mirror=window.mirror_axes(manifest))
 
 
 def normalised(spec, x):

@@ -176,6 +176,34 @@ fn a_3x3x3_network_is_padded_to_the_size_multiple_and_cropped_back() {
     assert!(off < 1e-4, "a volume smaller than the patch is off by {off}");
 }
 
+/// `input` reversed along x (each channel).
+fn flip_x(input: &Tensor) -> Tensor {
+    let w = input.dims[2];
+    let data = input.data.chunks_exact(w).flat_map(|row| row.iter().rev().copied()).collect();
+    Tensor { data, ..input.clone() }
+}
+
+#[test]
+fn a_mirrored_model_averages_the_net_with_its_left_right_mirror_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = spec("conv3", "segmentation", "conv3.onnx", &[SUV, CT]);
+    s.window = ([64, 64, 64], 8, 0.5, 1);
+    s.extra = "patch_fits_grid = true\nmirror_axes = [\"x\"]\n";
+    let mut models = load(&[s.write(dir.path())], &settings()).unwrap();
+    let model = models.segmentation().next().unwrap();
+    // One window of exactly the volume, so its mirror image is the volume's: the output is the
+    // mean of conv3 over the volume and conv3 over the mirrored volume, mirrored back.
+    let input = tensor(2, [40, 56, 32], vec![0.0, -1.0]);
+    let plain = conv3_once(&input, [40, 56, 32]);
+    let output = |data| Tensor { data, channels: 1, pad: vec![0.0], dims: input.dims };
+    let mirrored = flip_x(&output(conv3_once(&flip_x(&input), [40, 56, 32]))).data;
+    let want: Vec<f32> = plain.iter().zip(&mirrored).map(|(a, b)| (a + b) / 2.0).collect();
+    let got = model.predict(&input).unwrap();
+    let off = worst(&got, &want);
+    assert!(off < 1e-4, "the mirrored model is off by {off}");
+    assert!(worst(&got, &plain) > 0.01, "conv3 is not symmetric: mirroring must change its output");
+}
+
 /// Windows of a one-output network, size multiple 8, overlap 0.5.
 fn one_channel_windows(patch: [usize; 3], batch_size: usize, fits_grid: bool) -> WindowSpec {
     WindowSpec { patch, size_multiple: 8, overlap: 0.5, batch_size, out_channels: 1, fits_grid }

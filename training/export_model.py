@@ -18,6 +18,7 @@ import torch
 
 import data
 import nets
+import window
 
 
 
@@ -74,6 +75,8 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
     ]
     if fits_grid:
         lines.append("patch_fits_grid = true")
+    if ck["task"] == "segmentation" and extra.get("mirror_axes"):
+        lines.append(f"mirror_axes = {toml_value(extra['mirror_axes'])}")
     if ck["task"] == "segmentation":
         lines += [f"threshold = {toml_value(extra.get('threshold', 0.5))}",
                   f"annotation_source = {toml_value(extra['annotation_source'])}"]
@@ -126,7 +129,13 @@ def main():
     p.add_argument("--description", default="")
     p.add_argument("--window", help="instance normalisation: the window the node serves it on, Z,Y,X (default the "
                    "trained patch; calibrate_anomaly.py --window must match)")
+    p.add_argument("--mirror-axes", default="",
+                   help="segmentation: axes along which the node also runs each window mirrored and averages "
+                   "the logits, e.g. x (train_seg.py flips patches left-right); default none")
     args = p.parse_args()
+    mirror = [a for a in args.mirror_axes.split(",") if a]
+    if any(a not in window.AXES for a in mirror) or len(set(mirror)) != len(mirror):
+        raise SystemExit(f"--mirror-axes {args.mirror_axes!r}: distinct axes of x, y, z, comma separated")
     net, ck = build(args.checkpoint)
     os.makedirs(args.out, exist_ok=True)
     onnx_path = os.path.join(args.out, f"{args.name}.onnx")
@@ -137,7 +146,7 @@ def main():
         raise SystemExit(f"onnxruntime differs from torch by {worst:.2e} (> 1e-4, relative above 1)")
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     extra = {"annotation_source": args.annotation_source, "threshold": args.threshold,
-             "window": served_window}
+             "window": served_window, "mirror_axes": mirror}
     if ck["task"] == "anomaly" and args.calibration:
         extra["calibration"] = json.load(open(args.calibration))
     if ck["task"] == "segmentation" or args.calibration:

@@ -42,10 +42,34 @@ def starts(n, patch, step):
     return [int(round(actual * i)) for i in range(count)]
 
 
-def infer(predict, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=None, multiple=8, fit=False):
+AXES = {"z": 0, "y": 1, "x": 2}
+
+
+def mirror_axes(manifest):
+    """A manifest's mirror_axes as window axes (0 = z, 1 = y, 2 = x)."""
+    return tuple(sorted(AXES[a] for a in manifest.get("mirror_axes", [])))
+
+
+def mirrored(predict, axes):
+    """`predict` averaged over the batch mirrored along every combination of `axes` (window axes,
+    0 = z), each output mirrored back: the node's test-time mirroring (manifest mirror_axes)."""
+    if not axes:
+        return predict
+    flips = [tuple(2 + a for a, bit in zip(axes, format(m, f"0{len(axes)}b")) if bit == "1")
+             for m in range(2 ** len(axes))]
+
+    def run(batch):
+        return sum(np.flip(predict(np.ascontiguousarray(np.flip(batch, f))), f) if f else predict(batch)
+                   for f in flips) / len(flips)
+    return run
+
+
+def infer(predict, x, patch=(64, 64, 64), overlap=0.5, batch_size=2, pad_values=None, multiple=8, fit=False,
+          mirror=()):
     """fit: `patch` is the largest window, and along an axis where the grid padded to `multiple`
     is smaller the window is that (the manifest's patch_fits_grid: nets without per-window
-    statistics)."""
+    statistics). mirror: window axes (0 = z) along which each window also runs mirrored."""
+    predict = mirrored(predict, mirror)
     c, *shape = x.shape
     if fit:
         patch = [min(p, math.ceil(n / multiple) * multiple) for n, p in zip(shape, patch)]

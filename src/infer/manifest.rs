@@ -46,6 +46,15 @@ impl Task {
     }
 }
 
+/// An axis of the model grid, as a manifest's `mirror_axes` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Axis {
+    X,
+    Y,
+    Z,
+}
+
 /// What an input channel holds, on the model grid (docs/models.md, "Input channels").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -169,6 +178,11 @@ pub struct Manifest {
     /// must see the patch it was trained on.
     #[serde(default)]
     pub patch_fits_grid: bool,
+    /// Segmentation only: axes the net was trained mirrored along; each window is also run
+    /// mirrored along every combination of them and the logits averaged (nnU-Net's test-time
+    /// mirroring).
+    #[serde(default)]
+    pub mirror_axes: Vec<Axis>,
     /// Segmentation only: foreground where the probability is at least this.
     #[serde(default)]
     pub threshold: Option<f64>,
@@ -243,6 +257,11 @@ impl Manifest {
         find(Source::Suv).or_else(|| find(Source::SuvMasked))
     }
 
+    /// Which of the window's axes (z, y, x) are mirrored at inference.
+    pub fn mirrored(&self) -> [bool; 3] {
+        [Axis::Z, Axis::Y, Axis::X].map(|a| self.mirror_axes.contains(&a))
+    }
+
     /// Whether the model needs the configured anomaly model (its map or its SUV threshold).
     pub fn needs_anomaly_model(&self) -> bool {
         self.inputs.iter().any(|c| c.source.needs_anomaly_model())
@@ -290,6 +309,9 @@ impl Manifest {
         if self.batch_size == 0 {
             bad("batch_size", "must be at least 1".into());
         }
+        if self.mirrored().iter().filter(|&&m| m).count() != self.mirror_axes.len() {
+            bad("mirror_axes", format!("{:?} names an axis twice", self.mirror_axes));
+        }
         if self.inputs.is_empty() {
             bad("inputs", "at least one [[inputs]] channel is needed".into());
         }
@@ -325,6 +347,13 @@ impl Manifest {
                 }
             }
             Task::Anomaly => {
+                if !self.mirror_axes.is_empty() {
+                    bad(
+                        "mirror_axes",
+                        "an anomaly model is calibrated on its unmirrored output: only a segmentation model mirrors"
+                            .into(),
+                    );
+                }
                 if self.threshold.is_some() {
                     bad("threshold", "only a segmentation model has a threshold".into());
                 }
@@ -557,6 +586,19 @@ score_volume_ml = 1.0
         assert_eq!(keys(&own_prior), ["inputs[1].source"]);
         let nothing_to_reconstruct = ANOMALY.replace("source = \"suv_masked\"", "source = \"ct_hu\"");
         assert_eq!(keys(&nothing_to_reconstruct), ["inputs"]);
+    }
+
+    #[test]
+    fn mirror_axes_are_a_segmentation_models_distinct_axes() {
+        let mirror =
+            |text: &str, axes: &str| text.replace("batch_size = ", &format!("mirror_axes = {axes}\nbatch_size = "));
+        let m = parse(&mirror(SEGMENTATION, r#"["x", "z"]"#)).unwrap();
+        assert_eq!(m.mirrored(), [true, false, true]);
+        assert_eq!(parse(SEGMENTATION).unwrap().mirrored(), [false; 3]);
+        assert_eq!(keys(&mirror(SEGMENTATION, r#"["x", "x"]"#)), ["mirror_axes"]);
+        assert_eq!(keys(&mirror(ANOMALY, r#"["x"]"#)), ["mirror_axes"]);
+        let e = parse(&mirror(SEGMENTATION, r#"["w"]"#)).unwrap_err().to_string();
+        assert!(e.contains("mirror_axes") && e.contains('w'), "{e}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 pub use manifest::{AnomalyParams, InputChannel, Manifest, ManifestError, Source, Task};
 pub use session::{Device, InferenceSettings, OrtSession};
-pub use window::{Predictor, Tensor, WindowSpec, sliding_window};
+pub use window::{Mirrored, Predictor, Tensor, WindowSpec, sliding_window};
 
 use crate::quantify::Mask;
 use crate::volume::Volume;
@@ -207,7 +207,13 @@ impl Model {
             fits_grid: m.patch_fits_grid,
             out_channels: m.task.output_channels(),
         };
-        sliding_window(&mut self.session, input, &spec).map_err(|e| e.in_model(&m.name))
+        let mirrored = m.mirrored();
+        if mirrored.contains(&true) {
+            sliding_window(&mut Mirrored::new(&mut self.session, mirrored), input, &spec)
+        } else {
+            sliding_window(&mut self.session, input, &spec)
+        }
+        .map_err(|e| e.in_model(&m.name))
     }
 
     /// A segmentation model's foreground probability (sigmoid of the logit) on the grid of the

@@ -29,6 +29,73 @@ where
     }
 }
 
+/// Test-time mirroring (nnU-Net): each batch is also run mirrored along every non-empty
+/// combination of `axes` (z, y, x), each output mirrored back, and the outputs averaged, so a
+/// net trained with mirrored patches sees each window both ways. Costs 2^(mirrored axes) runs.
+pub struct Mirrored<'a, P> {
+    pub inner: &'a mut P,
+    pub axes: [bool; 3],
+    flipped: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl<'a, P: Predictor> Mirrored<'a, P> {
+    pub fn new(inner: &'a mut P, axes: [bool; 3]) -> Self {
+        Self { inner, axes, flipped: Vec::new(), out: Vec::new() }
+    }
+}
+
+impl<P: Predictor> Predictor for Mirrored<'_, P> {
+    fn predict(&mut self, batch: &[f32], shape: [usize; 5], out: &mut Vec<f32>) -> Result<(), InferError> {
+        self.inner.predict(batch, shape, out)?;
+        let dims = [shape[2], shape[3], shape[4]];
+        let mut runs = 1;
+        for combination in 1..8usize {
+            let flip: [bool; 3] = std::array::from_fn(|a| combination >> a & 1 == 1);
+            if (0..3).any(|a| flip[a] && !self.axes[a]) {
+                continue;
+            }
+            mirror(batch, dims, flip, &mut self.flipped);
+            self.out.clear();
+            self.inner.predict(&self.flipped, shape, &mut self.out)?;
+            if self.out.len() != out.len() {
+                return Err(InferError::Run(format!(
+                    "the network returned {} values for a mirrored batch, {} for the batch itself",
+                    self.out.len(),
+                    out.len()
+                )));
+            }
+            mirror(&self.out, dims, flip, &mut self.flipped);
+            out.par_iter_mut().zip(self.flipped.par_iter()).for_each(|(o, &f)| *o += f);
+            runs += 1;
+        }
+        if runs > 1 {
+            let scale = 1.0 / runs as f32;
+            out.par_iter_mut().for_each(|o| *o *= scale);
+        }
+        Ok(())
+    }
+}
+
+/// `src`, volumes of `dims` (z, y, x) one after another, mirrored along the axes of `flip` into
+/// `dst` (an involution).
+pub fn mirror(src: &[f32], [d, h, w]: [usize; 3], flip: [bool; 3], dst: &mut Vec<f32>) {
+    dst.resize(src.len(), 0.0);
+    let plane = h * w;
+    dst.par_chunks_mut(plane).enumerate().for_each(|(vz, to)| {
+        let (v, z) = (vz / d, vz % d);
+        let from = &src[(v * d + if flip[0] { d - 1 - z } else { z }) * plane..][..plane];
+        for (y, row) in to.chunks_exact_mut(w).enumerate() {
+            let source = &from[if flip[1] { h - 1 - y } else { y } * w..][..w];
+            if flip[2] {
+                row.iter_mut().zip(source.iter().rev()).for_each(|(t, &f)| *t = f);
+            } else {
+                row.copy_from_slice(source);
+            }
+        }
+    });
+}
+
 /// The window parameters of a manifest.
 #[derive(Debug, Clone, PartialEq)]
 pub struct WindowSpec {
@@ -483,6 +550,62 @@ mod tests {
             let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             assert!(worst < 1e-5, "{patch:?} overlap {overlap}: off by {worst}");
         }
+    }
+
+    #[test]
+    fn mirroring_reverses_the_named_axes_and_undoes_itself() {
+        // Two volumes of 2 x 2 x 3: value = 100 v + 10 z + 3 y + x.
+        let src: Vec<f32> =
+            (0..24).map(|i| (100 * (i / 12) + 10 * (i / 6 % 2) + 3 * (i / 3 % 2) + i % 3) as f32).collect();
+        let mut out = Vec::new();
+        mirror(&src, [2, 2, 3], [false, false, true], &mut out);
+        assert_eq!(out[..6], [2.0, 1.0, 0.0, 5.0, 4.0, 3.0]);
+        mirror(&src, [2, 2, 3], [true, true, false], &mut out);
+        assert_eq!(out[..3], [13.0, 14.0, 15.0]);
+        assert_eq!(out[12..15], [113.0, 114.0, 115.0]);
+        let mut back = Vec::new();
+        mirror(&out, [2, 2, 3], [true, true, false], &mut back);
+        assert_eq!(back, src);
+    }
+
+    #[test]
+    fn a_mirrored_predictor_averages_the_net_over_the_mirrored_windows() {
+        // A net that is not mirror-symmetric, so that every pass shows in the average.
+        let shape = [2, 2, 4, 6, 8];
+        let n: usize = shape.iter().product();
+        let batch: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let dims = [4, 6, 8];
+        let run = |b: &[f32]| {
+            let mut out = Vec::new();
+            where_in_window(2)(b, shape, &mut out).unwrap();
+            out
+        };
+        let plain = run(&batch);
+        for axes in [[false, false, true], [true, false, true]] {
+            let mut net = where_in_window(2);
+            let mut got = Vec::new();
+            Mirrored::new(&mut net, axes).predict(&batch, shape, &mut got).unwrap();
+            let mut want = plain.clone();
+            let combinations: Vec<[bool; 3]> = if axes[0] {
+                vec![[false, false, true], [true, false, false], [true, false, true]]
+            } else {
+                vec![[false, false, true]]
+            };
+            for flip in &combinations {
+                let (mut flipped, mut back) = (Vec::new(), Vec::new());
+                mirror(&batch, dims, *flip, &mut flipped);
+                mirror(&run(&flipped), dims, *flip, &mut back);
+                want.iter_mut().zip(&back).for_each(|(w, b)| *w += b);
+            }
+            want.iter_mut().for_each(|w| *w /= (combinations.len() + 1) as f32);
+            let worst = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(worst < 1e-5, "{axes:?}: off by {worst}");
+            assert!(got.iter().zip(&plain).any(|(a, b)| (a - b).abs() > 0.1), "{axes:?}: mirroring changed nothing");
+        }
+        let mut net = where_in_window(2);
+        let mut unmirrored = Vec::new();
+        Mirrored::new(&mut net, [false; 3]).predict(&batch, shape, &mut unmirrored).unwrap();
+        assert_eq!(unmirrored, plain);
     }
 
     #[test]
