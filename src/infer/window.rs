@@ -33,8 +33,8 @@ where
 /// combination of `axes` (z, y, x), each output mirrored back, and the outputs averaged, so a
 /// net trained with mirrored patches sees each window both ways. Costs 2^(mirrored axes) runs.
 pub struct Mirrored<'a, P> {
-    pub inner: &'a mut P,
-    pub axes: [bool; 3],
+    inner: &'a mut P,
+    axes: [bool; 3],
     flipped: Vec<f32>,
     out: Vec<f32>,
 }
@@ -79,7 +79,7 @@ impl<P: Predictor> Predictor for Mirrored<'_, P> {
 
 /// `src`, volumes of `dims` (z, y, x) one after another, mirrored along the axes of `flip` into
 /// `dst` (an involution).
-pub fn mirror(src: &[f32], [d, h, w]: [usize; 3], flip: [bool; 3], dst: &mut Vec<f32>) {
+fn mirror(src: &[f32], [d, h, w]: [usize; 3], flip: [bool; 3], dst: &mut Vec<f32>) {
     dst.resize(src.len(), 0.0);
     let plane = h * w;
     dst.par_chunks_mut(plane).enumerate().for_each(|(vz, to)| {
