@@ -176,6 +176,16 @@ fn a_3x3x3_network_is_padded_to_the_size_multiple_and_cropped_back() {
     assert!(off < 1e-4, "a volume smaller than the patch is off by {off}");
 }
 
+/// conv3.onnx as a segmentation model on windows of up to 64³ fitted to the grid, with the
+/// manifest lines `extra` besides.
+fn conv3_on_fitted_windows(dir: &Path, extra: &str) -> Models {
+    let mut s = spec("conv3", "segmentation", "conv3.onnx", &[SUV, CT]);
+    s.window = ([64, 64, 64], 8, 0.5, 1);
+    let extra = format!("patch_fits_grid = true\n{extra}");
+    s.extra = &extra;
+    load(&[s.write(dir)], &settings()).unwrap()
+}
+
 /// `input` reversed along x (each channel).
 fn flip_x(input: &Tensor) -> Tensor {
     let w = input.dims[2];
@@ -186,10 +196,7 @@ fn flip_x(input: &Tensor) -> Tensor {
 #[test]
 fn a_mirrored_model_averages_the_net_with_its_left_right_mirror_image() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = spec("conv3", "segmentation", "conv3.onnx", &[SUV, CT]);
-    s.window = ([64, 64, 64], 8, 0.5, 1);
-    s.extra = "patch_fits_grid = true\nmirror_axes = [\"x\"]\n";
-    let mut models = load(&[s.write(dir.path())], &settings()).unwrap();
+    let mut models = conv3_on_fitted_windows(dir.path(), "mirror_axes = [\"x\"]\n");
     let model = models.segmentation().next().unwrap();
     // One window of exactly the volume, so its mirror image is the volume's: the output is the
     // mean of conv3 over the volume and conv3 over the mirrored volume, mirrored back.
@@ -230,10 +237,7 @@ fn conv3_once(input: &Tensor, padded: [usize; 3]) -> Vec<f32> {
 #[test]
 fn a_net_without_window_statistics_gets_windows_no_larger_than_the_padded_grid() {
     let dir = tempfile::tempdir().unwrap();
-    let mut s = spec("conv3", "segmentation", "conv3.onnx", &[SUV, CT]);
-    s.window = ([64, 64, 64], 8, 0.5, 1);
-    s.extra = "patch_fits_grid = true\n";
-    let mut models = load(&[s.write(dir.path())], &settings()).unwrap();
+    let mut models = conv3_on_fitted_windows(dir.path(), "");
     let model = models.segmentation().next().unwrap();
     // 40 x 56 x 32, multiples of the size multiple and under the patch on every axis: one window
     // of exactly the volume, whose border voxels see the network's zero padding, as one pass over

@@ -21,7 +21,6 @@ import nets
 import window
 
 
-
 def build(checkpoint):
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     if ck["task"] == "anomaly":

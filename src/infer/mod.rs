@@ -15,7 +15,8 @@ use rayon::prelude::*;
 
 pub use manifest::{AnomalyParams, InputChannel, Manifest, ManifestError, Source, Task};
 pub use session::{Device, InferenceSettings, OrtSession};
-pub use window::{Mirrored, Predictor, Tensor, WindowSpec, sliding_window};
+use window::Mirrored;
+pub use window::{Predictor, Tensor, WindowSpec, sliding_window};
 
 use crate::quantify::Mask;
 use crate::volume::Volume;
