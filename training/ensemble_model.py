@@ -1,0 +1,124 @@
+"""Joins exported segmentation models of one recipe into one ONNX file whose output is the mean
+of their logits (nnU-Net ensembles its folds the same way at inference), and writes its manifest:
+the members' served keys (inputs, spacing, windows, mirroring, threshold), which must agree, with
+the new file's sha256. The node then serves the ensemble as any other model.
+
+    ensemble_model.py --members models/seg-truth.model.toml var/training/models/seg-truth-b.model.toml \
+        --name seg-truth --version 7.0.0 --out models --description "..."
+"""
+import argparse
+import hashlib
+import json
+import os
+import tomllib
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+
+import export_model
+
+# Keys that say what a model is, not how it is served: they may differ between members.
+OWN_KEYS = {"name", "version", "file", "sha256", "description"}
+
+
+def load(manifest_path):
+    with open(manifest_path, "rb") as f:
+        m = tomllib.load(f)
+    if m["task"] != "segmentation":
+        raise SystemExit(f"{manifest_path}: task {m['task']!r}; only segmentation models are ensembled")
+    return m, os.path.join(os.path.dirname(manifest_path), m["file"])
+
+
+def served(m):
+    return {k: v for k, v in m.items() if k not in OWN_KEYS}
+
+
+def join(paths, input_name, output_name):
+    """One graph: every member reads the one input; the output is the members' mean."""
+    nodes, inits, outs = [], [], []
+    for i, path in enumerate(paths):
+        g = onnx.compose.add_prefix(onnx.load(path), f"m{i}/").graph
+        own_input, own_output = f"m{i}/{input_name}", f"m{i}/{output_name}"
+        for n in g.node:
+            n.input[:] = [input_name if x == own_input else x for x in n.input]
+        nodes += g.node
+        inits += g.initializer
+        outs.append(own_output)
+        if i == 0:
+            graph_input, graph_output = g.input[0], g.output[0]
+    inits.append(helper.make_tensor("ensemble/scale", onnx.TensorProto.FLOAT, [], [1.0 / len(paths)]))
+    nodes.append(helper.make_node("Sum", outs, ["ensemble/sum"]))
+    nodes.append(helper.make_node("Mul", ["ensemble/sum", "ensemble/scale"], [output_name]))
+    graph_input.name, graph_output.name = input_name, output_name
+    graph = helper.make_graph(nodes, "ensemble", [graph_input], [graph_output], inits)
+    first = onnx.load(paths[0])
+    model = helper.make_model(graph, opset_imports=first.opset_import, producer_name="petct-node ensemble_model.py",
+                              ir_version=first.ir_version)
+    onnx.checker.check_model(model)
+    return model
+
+
+def parity(members, path, channels, input_name, output_name, rng):
+    """Largest |ensemble - mean of the members| (onnxruntime both), relative above 1."""
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    singles = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in members]
+    worst = 0.0
+    for shape in [(1, 48, 48, 48), (1, 40, 72, 56), (2, 16, 8, 24)]:
+        x = rng.uniform(-1, 1.5, size=(shape[0], channels) + shape[1:]).astype(np.float32)
+        want = np.mean([s.run([output_name], {input_name: x})[0] for s in singles], axis=0)
+        got = sess.run([output_name], {input_name: x})[0]
+        worst = max(worst, float(np.abs(got - want).max() / max(1.0, np.abs(want).max())))
+    return worst
+
+
+def manifest(first_path, name, version, onnx_file, sha, description):
+    """The first member's manifest with the ensemble's own keys: export_model.py writes one key a
+    line, so those lines are replaced and every served key is kept as written."""
+    own = {"name": name, "version": version, "file": os.path.basename(onnx_file), "sha256": sha,
+           "description": description}
+    lines = [f"# Written by training/ensemble_model.py; {description}"]
+    with open(first_path) as f:
+        for line in f.read().splitlines()[1:]:
+            key = line.split("=", 1)[0].strip()
+            lines.append(f"{key} = {export_model.toml_value(own[key])}" if key in own and "=" in line else line)
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--members", nargs="+", required=True, help="the members' manifests (two or more)")
+    p.add_argument("--name", required=True)
+    p.add_argument("--version", required=True)
+    p.add_argument("--out", required=True, help="folder for NAME.onnx and NAME.model.toml")
+    p.add_argument("--description", required=True)
+    args = p.parse_args()
+    if len(args.members) < 2:
+        raise SystemExit("--members: two or more manifests")
+    loaded = [load(m) for m in args.members]
+    first = served(loaded[0][0])
+    for path, (m, _) in zip(args.members[1:], loaded[1:]):
+        m = served(m)
+        differ = sorted(k for k in first.keys() | m.keys() if first.get(k) != m.get(k))
+        if differ:
+            raise SystemExit(f"{path} is served differently from {args.members[0]}: {', '.join(differ)}")
+    os.makedirs(args.out, exist_ok=True)
+    onnx_path = os.path.join(args.out, f"{args.name}.onnx")
+    members = [f for _, f in loaded]
+    if os.path.abspath(onnx_path) in {os.path.abspath(f) for f in members}:
+        raise SystemExit(f"{onnx_path} is a member: write the ensemble elsewhere first")
+    onnx.save(join(members, first["input_name"], first["output_name"]), onnx_path)
+    worst = parity(members, onnx_path, len(first["inputs"]), first["input_name"], first["output_name"],
+                   np.random.default_rng(0))
+    if worst > 1e-5:
+        raise SystemExit(f"the ensemble differs from its members' mean by {worst:.2e} (> 1e-5)")
+    sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
+    with open(os.path.join(args.out, f"{args.name}.model.toml"), "w") as f:
+        f.write(manifest(args.members[0], args.name, args.version, onnx_path, sha, args.description))
+    print(json.dumps({"onnx": onnx_path, "sha256": sha, "bytes": os.path.getsize(onnx_path),
+                      "max_diff_vs_members_mean": worst}))
+
+
+if __name__ == "__main__":
+    main()
