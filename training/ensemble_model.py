@@ -37,9 +37,12 @@ def served(m):
 
 def join(paths, input_name, output_name):
     """One graph: every member reads the one input; the output is the members' mean."""
+    models = [onnx.load(p) for p in paths]
+    if any((m.ir_version, m.opset_import) != (models[0].ir_version, models[0].opset_import) for m in models):
+        raise SystemExit("the members differ in ONNX IR version or opset: export them alike")
     nodes, inits, outs = [], [], []
-    for i, path in enumerate(paths):
-        g = onnx.compose.add_prefix(onnx.load(path), f"m{i}/").graph
+    for i, m in enumerate(models):
+        g = onnx.compose.add_prefix(m, f"m{i}/").graph
         own_input, own_output = f"m{i}/{input_name}", f"m{i}/{output_name}"
         for n in g.node:
             n.input[:] = [input_name if x == own_input else x for x in n.input]
@@ -53,9 +56,9 @@ def join(paths, input_name, output_name):
     nodes.append(helper.make_node("Mul", ["ensemble/sum", "ensemble/scale"], [output_name]))
     graph_input.name, graph_output.name = input_name, output_name
     graph = helper.make_graph(nodes, "ensemble", [graph_input], [graph_output], inits)
-    first = onnx.load(paths[0])
-    model = helper.make_model(graph, opset_imports=first.opset_import, producer_name="petct-node ensemble_model.py",
-                              ir_version=first.ir_version)
+    # The members' IR version: onnx's newer default is more than onnxruntime 1.31 reads.
+    model = helper.make_model(graph, opset_imports=models[0].opset_import, producer_name="petct-node ensemble_model.py",
+                              ir_version=models[0].ir_version)
     onnx.checker.check_model(model)
     return model
 
