@@ -420,7 +420,7 @@ fn refine(
 }
 
 /// Binary dilation by a box of half-widths `r` (voxels), one separable pass per axis.
-fn dilate_box(data: &mut [u8], dims: [usize; 3], r: [usize; 3]) {
+pub(crate) fn dilate_box(data: &mut [u8], dims: [usize; 3], r: [usize; 3]) {
     let strides = [1, dims[0], dims[0] * dims[1]];
     for axis in 0..3 {
         if r[axis] == 0 {

@@ -77,6 +77,8 @@ def manifest(ck, name, version, onnx_file, sha, description, extra):
     if ck["task"] == "segmentation" and extra.get("mirror_axes"):
         lines.append(f"mirror_axes = {toml_value(extra['mirror_axes'])}")
     if ck["task"] == "segmentation":
+        if extra.get("draw"):
+            lines.append(f"draw = {toml_value(extra['draw'])}")
         lines += [f"threshold = {toml_value(extra.get('threshold', 0.5))}",
                   f"annotation_source = {toml_value(extra['annotation_source'])}"]
     lines.append(f"description = {toml_value(description)}")
@@ -125,6 +127,8 @@ def main():
     p.add_argument("--calibration", help="anomaly: JSON with z_low, z_high, score_volume_ml and optionally prior_z_low, prior_z_high (without it: ONNX only)")
     p.add_argument("--annotation-source", help="segmentation: the labels it was trained on")
     p.add_argument("--threshold", type=float, default=0.5)
+    p.add_argument("--draw", choices=["threshold", "expected_volume"],
+                   help="segmentation: how the node draws the mask (docs/models.md); default the node's, threshold")
     p.add_argument("--description", default="")
     p.add_argument("--window", help="instance normalisation: the window the node serves it on, Z,Y,X (default the "
                    "trained patch; calibrate_anomaly.py --window must match)")
@@ -145,7 +149,7 @@ def main():
         raise SystemExit(f"onnxruntime differs from torch by {worst:.2e} (> 1e-4, relative above 1)")
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     extra = {"annotation_source": args.annotation_source, "threshold": args.threshold,
-             "window": served_window, "mirror_axes": mirror}
+             "window": served_window, "mirror_axes": mirror, "draw": args.draw}
     if ck["task"] == "anomaly" and args.calibration:
         extra["calibration"] = json.load(open(args.calibration))
     if ck["task"] == "segmentation" or args.calibration:

@@ -55,6 +55,19 @@ pub enum Axis {
     Z,
 }
 
+/// How a segmentation model's probability becomes its mask on the CT grid (docs/models.md,
+/// "ONNX interface").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Draw {
+    /// Every CT voxel whose linearly interpolated probability is at least `threshold`.
+    #[default]
+    Threshold,
+    /// Each part of the map that reaches `threshold`, drawn with the volume its probabilities
+    /// add up to (the most probable CT voxels first): for nets trained on soft targets.
+    ExpectedVolume,
+}
+
 /// What an input channel holds, on the model grid (docs/models.md, "Input channels").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -186,6 +199,9 @@ pub struct Manifest {
     /// Segmentation only: foreground where the probability is at least this.
     #[serde(default)]
     pub threshold: Option<f64>,
+    /// Segmentation only: how the probability becomes the mask ([`Manifest::draw`]).
+    #[serde(default)]
+    draw: Option<Draw>,
     /// Segmentation only: whose annotations the model learned.
     #[serde(default)]
     pub annotation_source: Option<String>,
@@ -260,6 +276,12 @@ impl Manifest {
     /// Which of the window's axes (z, y, x) are mirrored at inference.
     pub fn mirrored(&self) -> [bool; 3] {
         [Axis::Z, Axis::Y, Axis::X].map(|a| self.mirror_axes.contains(&a))
+    }
+
+    /// How a segmentation model's probability becomes its mask (`threshold` unless the manifest
+    /// says otherwise).
+    pub fn draw(&self) -> Draw {
+        self.draw.unwrap_or_default()
     }
 
     /// Whether the model needs the configured anomaly model (its map or its SUV threshold).
@@ -359,6 +381,9 @@ impl Manifest {
                 }
                 if self.annotation_source.is_some() {
                     bad("annotation_source", "only a segmentation model has an annotation source".into());
+                }
+                if self.draw.is_some() {
+                    bad("draw", "only a segmentation model draws a mask".into());
                 }
                 if let Some(i) = self.inputs.iter().position(|c| c.source == Source::AnomalyPrior) {
                     bad(&format!("inputs[{i}].source"), "an anomaly model cannot take its own map as input".into());
@@ -599,6 +624,17 @@ score_volume_ml = 1.0
         assert_eq!(keys(&mirror(ANOMALY, r#"["x"]"#)), ["mirror_axes"]);
         let e = parse(&mirror(SEGMENTATION, r#"["w"]"#)).unwrap_err().to_string();
         assert!(e.contains("mirror_axes") && e.contains('w'), "{e}");
+    }
+
+    #[test]
+    fn draw_is_a_segmentation_models_and_defaults_to_the_threshold() {
+        let draw = |text: &str, how: &str| text.replace("batch_size = ", &format!("draw = {how}\nbatch_size = "));
+        assert_eq!(parse(SEGMENTATION).unwrap().draw(), Draw::Threshold);
+        assert_eq!(parse(&draw(SEGMENTATION, r#""expected_volume""#)).unwrap().draw(), Draw::ExpectedVolume);
+        assert_eq!(parse(&draw(SEGMENTATION, r#""threshold""#)).unwrap().draw(), Draw::Threshold);
+        assert_eq!(keys(&draw(ANOMALY, r#""threshold""#)), ["draw"]);
+        let e = parse(&draw(SEGMENTATION, r#""largest""#)).unwrap_err().to_string();
+        assert!(e.contains("draw") && e.contains("largest"), "{e}");
     }
 
     #[test]

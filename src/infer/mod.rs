@@ -4,6 +4,7 @@
 //! score. Everything here works on volumes already on the model's grid (`geometry` builds the
 //! grid and resamples the channels onto it).
 
+pub mod draw;
 pub mod manifest;
 pub mod session;
 pub mod stage;

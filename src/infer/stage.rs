@@ -10,8 +10,9 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use super::draw::draw;
 use super::{Channels, InferError, Models};
-use crate::geometry::model_grid::{from_grid, mask_from_grid, mask_to_grid, model_grid, to_grid};
+use crate::geometry::model_grid::{from_grid, mask_to_grid, model_grid, to_grid};
 use crate::geometry::{Rigid, resample_linear};
 use crate::quantify::Mask;
 use crate::volume::{Geometry, Volume};
@@ -28,7 +29,7 @@ pub struct SegmentationResult {
     pub name: String,
     pub version: String,
     pub annotation_source: Option<String>,
-    /// Foreground probability at least the threshold, on the CT grid, inside the body.
+    /// The probability drawn as the manifest's `draw` says, on the CT grid, inside the body.
     pub mask: Mask,
 }
 
@@ -184,7 +185,7 @@ pub fn run_models(
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
         let t = Instant::now();
         let threshold = model.manifest().threshold.unwrap_or(0.5) as f32;
-        let mut mask = mask_from_grid(&p, ct, threshold);
+        let mut mask = draw(model.manifest().draw(), &p, ct, threshold);
         mask.data_mut().par_iter_mut().zip(body.data().par_iter()).for_each(|(m, &b)| *m &= u8::from(b != 0));
         inferred.segmentations.push(SegmentationResult {
             name: model.name().to_string(),

@@ -1,0 +1,151 @@
+"""Why found lesions come out small (item 44 a): a segmentation model's probability on validation
+cases, mapped onto the CT grid as the node maps it (linear interpolation) and cut in several
+ways, against the CT-grid truth. For each way: the study's Dice (autoPET's, over the whole CT
+grid), false-positive volume, and the volume each true lesion that is found is drawn with
+against its true volume, by size. Beside the net, the same for the truth's own fraction on the
+model grid (the soft target): what a perfect net on that grid would give.
+
+Ways of cutting (p: the probability on the CT grid):
+  p>=T      the node's rule at threshold T
+  grow L    p >= L where 18-connected to a voxel of p >= 0.5 (hysteresis: no new components)
+  expected  each part of the model-grid map (p >= 0.2 and the 5x5x5 voxels around each such
+            voxel, 18-connected) that reaches 0.5 drawn with as many CT voxels, the highest p first, as the sum of its
+            probability makes: the volume a calibrated net expects
+
+    drawn_volume.py --manifest models/seg-truth.model.toml var/training/validation/case0800[0-7]
+        (cases made with --keep-ct-grid)
+"""
+import argparse
+import os
+import tomllib
+
+import numpy as np
+from scipy import ndimage
+
+import data
+import nifti
+import window
+from make_data import fraction_on_grid, sample_at
+from train_seg import inputs
+
+EIGHTEEN = ndimage.generate_binary_structure(3, 2)
+SIZES = [(0, 1), (1, 4), (4, 16), (16, 1e9)]  # true volume, mL
+WAYS = ["p>=0.5", "p>=0.4", "p>=0.3", "grow 0.3", "grow 0.2", "expected"]
+
+
+def channel_of(i):
+    """The training channel (data.CHANNELS) a manifest's [[inputs]] entry is."""
+    key = (i["source"], tuple(i["clip"]), i["offset"], i["scale"])
+    return next(name for name, c in data.CHANNELS.items() if c == key)
+
+
+def net_probability(case, manifest, onnx, channels, threads):
+    box = tuple(slice(s.start, s.stop) for s in ndimage.find_objects(case.body)[0])
+    predict = window.mirrored(window.onnx(window.session(onnx, threads)), window.mirror_axes(manifest))
+    logits = window.infer(predict, inputs(case, channels)[(slice(None),) + box], patch=manifest["patch_size"],
+                          batch_size=1, pad_values=data.air_values(channels),
+                          fit=manifest.get("patch_fits_grid", False))
+    p = np.zeros(case.suv.shape, np.float32)
+    p[box] = 0.5 * (1 + np.tanh(0.5 * logits[0]))  # the logistic function without overflow
+    return p
+
+
+def on_ct(p, grid_affine, ct_affine, ct_shape):
+    """`p` (model grid) linearly sampled on the CT grid, only around its parts (as the node's
+    `draw = "expected_volume"` finds them: p >= 0.2 dilated by a 5x5x5 box), and the part each CT voxel's nearest model voxel belongs to (0: none)."""
+    parts, n = ndimage.label(ndimage.binary_dilation(p >= 0.2, np.ones((5, 5, 5), bool)), EIGHTEEN)
+    to_ct = np.linalg.inv(ct_affine) @ grid_affine
+    prob, part = np.zeros(ct_shape, np.float32), np.zeros(ct_shape, np.int32)
+    for k, sl in enumerate(ndimage.find_objects(parts), start=1):
+        corners = np.array([[i, j, z, 1.0] for z in (sl[0].start - 1, sl[0].stop) for j in (sl[1].start - 1, sl[1].stop)
+                            for i in (sl[2].start - 1, sl[2].stop)]).T
+        ijk = (to_ct @ corners)[:3]
+        lo = np.maximum(np.floor(ijk.min(1)).astype(int)[::-1], 0)
+        hi = np.minimum(np.ceil(ijk.max(1)).astype(int)[::-1] + 1, ct_shape)
+        here = sample_at((parts == k).astype(np.float32), grid_affine, ct_affine, lo, hi) >= 0.5
+        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        prob[box][here] = sample_at(p, grid_affine, ct_affine, lo, hi)[here]
+        part[box][here] = k
+    return prob, part, parts, n
+
+
+def cut(way, p, prob, part, parts, n, model_ml, ct_ml):
+    if way.startswith("p>="):
+        return prob >= float(way[3:])
+    if way.startswith("grow"):
+        ids, _ = ndimage.label(prob >= float(way[5:]), EIGHTEEN)
+        seeds = np.unique(ids[prob >= 0.5])
+        return np.isin(ids, seeds[seeds != 0])
+    out = np.zeros(prob.shape, bool)
+    sums = ndimage.sum(p, parts, np.arange(1, n + 1))
+    peaks = ndimage.maximum(p, parts, np.arange(1, n + 1))
+    for k in range(1, n + 1):
+        if peaks[k - 1] < 0.5:
+            continue
+        where = np.flatnonzero(part == k)
+        count = min(int(round(sums[k - 1] * model_ml / ct_ml)), where.size)
+        out.flat[where[np.argsort(-prob.flat[where])[:count]]] = True
+    return out
+
+
+def score(mask, truth, lesions, ct_ml):
+    """Dice, false-positive mL, and (true mL, drawn mL) of every found true lesion."""
+    ids, _ = ndimage.label(mask, EIGHTEEN)
+    sizes = np.bincount(ids.ravel())
+    hit = np.unique(ids[truth])
+    fpv = (mask.sum() - sizes[hit[hit != 0]].sum()) * ct_ml
+    dice = 2 * np.count_nonzero(mask & truth) / max(mask.sum() + truth.sum(), 1)
+    found = []
+    for k, sl in enumerate(ndimage.find_objects(lesions), start=1):
+        own = ids[sl][lesions[sl] == k]
+        touched = np.unique(own[own != 0])
+        if touched.size:
+            found.append((np.count_nonzero(lesions[sl] == k) * ct_ml, sizes[touched].sum() * ct_ml))
+    return dice, fpv, found
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("cases", nargs="+")
+    args = p.parse_args()
+    with open(args.manifest, "rb") as f:
+        manifest = tomllib.load(f)
+    channels = [channel_of(c) for c in manifest["inputs"]]
+    onnx = os.path.join(os.path.dirname(os.path.abspath(args.manifest)), manifest["file"])
+    rows = {(source, way): [] for source in ("net", "fraction") for way in WAYS}
+    for folder in args.cases:
+        case = data.Case(folder, with_prior="anomaly_prior" in channels)
+        grid = nifti.read(os.path.join(folder, "model_grid", "suv.nii.gz"))
+        path = os.path.join(folder, "truth", "lesions.nii.gz")
+        reference = nifti.read(path)
+        truth = reference.array != 0
+        lesions, _ = ndimage.label(truth, EIGHTEEN)
+        model_ml, ct_ml = np.prod(grid.spacing) / 1000, np.prod(reference.spacing) / 1000
+        maps = {"net": net_probability(case, manifest, onnx, channels, args.threads),
+                "fraction": fraction_on_grid(path, grid)}
+        for source, m in maps.items():
+            prob, part, parts, n = on_ct(m, grid.affine, reference.affine, truth.shape)
+            line = []
+            for way in WAYS:
+                dice, fpv, found = score(cut(way, m, prob, part, parts, n, model_ml, ct_ml), truth, lesions, ct_ml)
+                rows[(source, way)].append((dice, fpv, found))
+                line.append(f"{way} {dice:.3f}")
+            print(f"{os.path.basename(folder)} {source:<8}: " + ", ".join(line), flush=True)
+    print(f"\nmean over {len(args.cases)} cases; drawn / true volume of the found lesions (median, by true size)")
+    head = " ".join(f"{f'{a:g}-{b:g} mL' if b < 1e9 else f'>{a:g} mL':>10}" for a, b in SIZES)
+    print(f"{'':<18} {'Dice':>6} {'FPV mL':>7} {'found':>5} {'drawn/true':>10} {head}")
+    for (source, way), got in rows.items():
+        found = [f for _, _, fs in got for f in fs]
+        by_size = []
+        for a, b in SIZES:
+            r = [d / t for t, d in found if a <= t < b]
+            by_size.append(f"{np.median(r):.2f} ({len(r):2d})" if r else "-")
+        print(f"{source + ' ' + way:<18} {np.mean([g[0] for g in got]):6.3f} {np.mean([g[1] for g in got]):7.2f} "
+              f"{len(found):5d} {np.sum([d for _, d in found]) / np.sum([t for t, _ in found]):10.2f} "
+              + " ".join(f"{s:>10}" for s in by_size))
+
+
+if __name__ == "__main__":
+    main()
