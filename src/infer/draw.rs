@@ -107,7 +107,7 @@ fn ct_box(grid: &Geometry, list: &[usize], ct: &Geometry) -> Option<Geometry> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::geometry::model_grid::model_grid;
+    use crate::geometry::model_grid::{from_grid, model_grid};
 
     /// A 1 mm CT grid of `n`³ voxels and its 4 mm model grid (corners aligned).
     fn grids(n: usize) -> (Geometry, Geometry) {
@@ -187,6 +187,40 @@ mod tests {
         let (va, vb) = (a.iter().filter(|&&v| v != 0).count(), b.iter().filter(|&&v| v != 0).count());
         assert_eq!(count(&drawn), va + vb);
         assert!(inside(&a) > va * 8 / 10 && inside(&b) > vb * 9 / 10, "{} of {va}, {} of {vb}", inside(&a), inside(&b));
+    }
+
+    #[test]
+    fn a_rotated_anisotropic_ct_gets_the_parts_volume_where_the_map_is() {
+        let (c, s) = (0.6f64.cos(), 0.6f64.sin());
+        let ct = Geometry {
+            dims: [80, 70, 30],
+            spacing_mm: [0.977, 0.977, 3.0],
+            origin_mm: [-30.0, 12.0, -400.0],
+            direction: [[c, s, 0.0], [-s, c, 0.0], [0.0, 0.0, 1.0]],
+            frame_of_reference_uid: None,
+        };
+        let grid = model_grid(&ct, [4.0; 3]);
+        let centre = [9.0, 8.0, 11.0];
+        let map: Vec<f32> = (0..grid.voxel_count().unwrap())
+            .map(|i| {
+                let m = coords(grid.dims, i);
+                let r2: f64 = (0..3).map(|a| (m[a] as f64 - centre[a]).powi(2)).sum();
+                // Cut off where every voxel left is within the part's reach of one >= 0.2.
+                if r2 <= 12.0 { (0.9 * (-r2 / 3.0).exp()) as f32 } else { 0.0 }
+            })
+            .collect();
+        let sum: f64 = map.iter().map(|&v| f64::from(v)).sum();
+        let p = Volume::new(grid, map).unwrap();
+        let drawn = draw(Draw::ExpectedVolume, &p, &ct, 0.5);
+        let want = (sum * 64.0 / (0.977 * 0.977 * 3.0)).round() as usize;
+        assert_eq!(count(&drawn), want);
+        // Every drawn voxel lies where the interpolated map is higher than anywhere left out.
+        let on_ct = from_grid(&p, &ct);
+        let lowest_in =
+            drawn.data().iter().zip(on_ct.data()).filter(|(d, _)| **d != 0).map(|(_, v)| *v).fold(1.0, f32::min);
+        let highest_out =
+            drawn.data().iter().zip(on_ct.data()).filter(|(d, _)| **d == 0).map(|(_, v)| *v).fold(0.0, f32::max);
+        assert!(lowest_in >= highest_out, "{lowest_in} < {highest_out}");
     }
 
     #[test]
