@@ -9,8 +9,9 @@ Ways of cutting (p: the probability on the CT grid):
   p>=T      the node's rule at threshold T
   grow L    p >= L where 18-connected to a voxel of p >= 0.5 (hysteresis: no new components)
   expected  each part of the model-grid map (p >= 0.2 and the 5x5x5 voxels around each such
-            voxel, 18-connected) that reaches 0.5 drawn with as many CT voxels, the highest p first, as the sum of its
-            probability makes: the volume a calibrated net expects
+            voxel, 18-connected) that reaches 0.5, drawn with as many CT voxels, the highest p
+            first, as the sum of its probability makes: the volume a calibrated net expects
+            (the node's `draw = "expected_volume"`)
 
     drawn_volume.py --manifest models/seg-truth.model.toml var/training/validation/case0800[0-7]
         (cases made with --keep-ct-grid)
