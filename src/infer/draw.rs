@@ -51,7 +51,7 @@ fn expected_volume(p: &Volume<f32>, ct: &Geometry, threshold: f32) -> Mask {
         if peak < threshold || count == 0 {
             continue;
         }
-        let Some(sub) = ct_box(grid, list, ct) else { continue };
+        let Some((sub, first)) = ct_box(grid, list, ct) else { continue };
         let value = resample_linear(p, &sub, &Rigid::IDENTITY, 0.0);
         let owner = resample_nearest(&part_of, &sub, &Rigid::IDENTITY, 0);
         let mut candidates: Vec<(f32, usize)> = value
@@ -66,7 +66,6 @@ fn expected_volume(p: &Volume<f32>, ct: &Geometry, threshold: f32) -> Mask {
             candidates.select_nth_unstable_by(count - 1, |a, b| b.0.total_cmp(&a.0));
             candidates.truncate(count);
         }
-        let first = ct.patient_to_index(sub.origin_mm).map(|v| v.round() as usize);
         for (_, i) in candidates {
             let [x, y, z] = coords(sub.dims, i);
             mask[((first[2] + z) * ct.dims[1] + first[1] + y) * ct.dims[0] + first[0] + x] = 1;
@@ -76,8 +75,8 @@ fn expected_volume(p: &Volume<f32>, ct: &Geometry, threshold: f32) -> Mask {
 }
 
 /// The sub-grid of `ct` that holds the model voxels `list` of `grid` and one voxel around
-/// them; `None` when it misses `ct`.
-fn ct_box(grid: &Geometry, list: &[usize], ct: &Geometry) -> Option<Geometry> {
+/// them, with the CT index of its first voxel; `None` when it misses `ct`.
+fn ct_box(grid: &Geometry, list: &[usize], ct: &Geometry) -> Option<(Geometry, [usize; 3])> {
     let (mut lo, mut hi) = ([usize::MAX; 3], [0usize; 3]);
     for &i in list {
         let c = coords(grid.dims, i);
@@ -97,11 +96,12 @@ fn ct_box(grid: &Geometry, list: &[usize], ct: &Geometry) -> Option<Geometry> {
     if (0..3).any(|a| last[a] < first[a]) {
         return None;
     }
-    Some(Geometry {
+    let sub = Geometry {
         dims: std::array::from_fn(|a| (last[a] - first[a]) as usize + 1),
         origin_mm: ct.index_to_patient(first),
         ..ct.clone()
-    })
+    };
+    Some((sub, first.map(|v| v as usize)))
 }
 
 #[cfg(test)]
