@@ -1,9 +1,10 @@
-"""Why found lesions come out small (item 44 a): a segmentation model's probability on validation
-cases, mapped onto the CT grid as the node maps it (linear interpolation) and cut in several
-ways, against the CT-grid truth. For each way: the study's Dice (autoPET's, over the whole CT
-grid), false-positive volume, and the volume each true lesion that is found is drawn with
-against its true volume, by size. Beside the net, the same for the truth's own fraction on the
-model grid (the soft target): what a perfect net on that grid would give.
+"""Why found lesions come out small (item 44 a), and how the CT draws them (item 53): a
+segmentation model's probability on validation cases, mapped onto the CT grid as the node maps
+it (linear interpolation) and cut in several ways, against the CT-grid truth. For each way: the
+study's Dice (autoPET's, over the whole CT grid), false-positive volume, and the volume each true
+lesion that is found is drawn with against its true volume, by size. Beside the net, the same
+for the truth's own fraction on the model grid (the soft target): what a perfect net on that grid
+would give.
 
 Ways of cutting (p: the probability on the CT grid):
   p>=T      the node's rule at threshold T
@@ -12,9 +13,11 @@ Ways of cutting (p: the probability on the CT grid):
             voxel, 18-connected) that reaches 0.5, drawn with as many CT voxels, the highest p
             first, as the sum of its probability makes: the volume a calibrated net expects
             (the node's `draw = "expected_volume"`)
+  ct refined  the same parts, each drawn where its probability and its CT together say lesion
+            (the node's `draw = "ct_refined"`, item 53; needs the CT kept with the truth)
 
     drawn_volume.py --manifest models/seg-truth.model.toml var/training/validation/case0800[0-7]
-        (cases made with --keep-ct-grid)
+        (cases made with make_data.py --keep-ct-grid)
 """
 import argparse
 import os
@@ -31,7 +34,7 @@ from train_seg import inputs
 
 EIGHTEEN = ndimage.generate_binary_structure(3, 2)
 SIZES = [(0, 1), (1, 4), (4, 16), (16, 1e9)]  # true volume, mL
-WAYS = ["p>=0.5", "p>=0.4", "p>=0.3", "grow 0.3", "grow 0.2", "expected"]
+WAYS = ["p>=0.5", "p>=0.4", "p>=0.3", "grow 0.3", "grow 0.2", "expected", "ct refined"]
 
 
 def channel_of(i):
@@ -70,7 +73,34 @@ def on_ct(p, grid_affine, ct_affine, ct_shape):
     return prob, part, parts, n
 
 
-def cut(way, p, prob, part, parts, n, model_ml, ct_ml):
+CT_MAX = 2.0  # the node's MAX_CT_LOG_ODDS
+
+
+def ct_refined(prob, hu, count):
+    """The node's `draw = "ct_refined"` for one part (src/infer/draw.rs): which of the part's
+    voxels (probability `prob`, CT value `hu`) are drawn, given the `count` its probabilities add
+    up to. Two normal laws with one spread fitted to the part, the lesion's on the most probable
+    half of `count`, the surroundings' on the voxels ranked beyond 1.5 times it; a voxel is drawn
+    at even odds or better (the model's odds times the CT value's likelihood ratio, which moves
+    the log-odds by at most CT_MAX) where it connects (18) to the core; if no core voxel is, the
+    part is drawn as `expected` draws it. Returns the indices of the voxels at even odds and of
+    the core (`cut` keeps what connects to it), or `expected`'s indices and None."""
+    order = np.argsort(-prob, kind="stable")
+    core, beyond = max(count // 2, 1), min(count * 3 // 2 + 1, prob.size)
+    if core < 4 or prob.size - beyond < 4:
+        return order[:count], None
+    fit = [(np.median(v), 1.4826 * np.median(np.abs(v - np.median(v)))) for v in (hu[order[:core]], hu[order[beyond:]])]
+    (lesion, sl), (around, sb) = fit
+    sd = max(np.sqrt((sl * sl + sb * sb) / 2), 10.0, 0.15 * abs(lesion - around))
+    v = np.clip(prob.astype(np.float64), 1e-4, 1 - 1e-4)
+    odds = np.clip(((hu - around) ** 2 - (hu - lesion) ** 2) / (2 * sd * sd), -CT_MAX, CT_MAX)
+    chosen = np.flatnonzero(np.log(v / (1 - v)) + odds >= 0)
+    if not np.isin(order[:core], chosen).any():
+        return order[:count], None  # what is found stays found
+    return chosen, order[:core]
+
+
+def cut(way, p, prob, part, parts, n, model_ml, ct_ml, hu):
     if way.startswith("p>="):
         return prob >= float(way[3:])
     if way.startswith("grow"):
@@ -85,7 +115,17 @@ def cut(way, p, prob, part, parts, n, model_ml, ct_ml):
             continue
         where = np.flatnonzero(part == k)
         count = min(int(round(sums[k - 1] * model_ml / ct_ml)), where.size)
-        out.flat[where[np.argsort(-prob.flat[where])[:count]]] = True
+        if way == "expected":
+            out.flat[where[np.argsort(-prob.flat[where])[:count]]] = True
+            continue
+        chosen, core = ct_refined(prob.flat[where], hu.flat[where].astype(np.float64), count)
+        drawn = np.zeros(prob.shape, bool)
+        drawn.flat[where[chosen]] = True
+        if core is not None:
+            pieces, _ = ndimage.label(drawn, EIGHTEEN)
+            touching = np.unique(pieces.flat[where[core]])
+            drawn = np.isin(pieces, touching[touching != 0])
+        out |= drawn
     return out
 
 
@@ -124,13 +164,14 @@ def main():
         truth = reference.array != 0
         lesions, _ = ndimage.label(truth, EIGHTEEN)
         model_ml, ct_ml = np.prod(grid.spacing) / 1000, np.prod(reference.spacing) / 1000
+        hu = nifti.read(os.path.join(folder, "truth", "ct_hu.nii.gz")).array
         maps = {"net": net_probability(case, manifest, onnx, channels, args.threads),
                 "fraction": fraction_on_grid(path, grid)}
         for source, m in maps.items():
             prob, part, parts, n = on_ct(m, grid.affine, reference.affine, truth.shape)
             line = []
             for way in WAYS:
-                dice, fpv, found = score(cut(way, m, prob, part, parts, n, model_ml, ct_ml), truth, lesions, ct_ml)
+                dice, fpv, found = score(cut(way, m, prob, part, parts, n, model_ml, ct_ml, hu), truth, lesions, ct_ml)
                 rows[(source, way)].append((dice, fpv, found))
                 line.append(f"{way} {dice:.3f}")
             print(f"{os.path.basename(folder)} {source:<8}: " + ", ".join(line), flush=True)

@@ -127,7 +127,7 @@ def main():
     p.add_argument("--calibration", help="anomaly: JSON with z_low, z_high, score_volume_ml and optionally prior_z_low, prior_z_high (without it: ONNX only)")
     p.add_argument("--annotation-source", help="segmentation: the labels it was trained on")
     p.add_argument("--threshold", type=float, default=0.5)
-    p.add_argument("--draw", choices=["threshold", "expected_volume"],
+    p.add_argument("--draw", choices=["threshold", "expected_volume", "ct_refined"],
                    help="segmentation: how the node draws the mask (docs/models.md); default the node's, threshold")
     p.add_argument("--description", default="")
     p.add_argument("--window", help="instance normalisation: the window the node serves it on, Z,Y,X (default the "

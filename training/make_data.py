@@ -117,14 +117,18 @@ def make_case(binary, seed, out, args):
         phantom(binary, seed, study, args)
         run = os.path.join(tmp, "run")
         cmd = [binary, "run", study, "--out", run, "--model-spacing", str(args.spacing)]
+        if args.keep_ct_grid:
+            cmd.append("--export-volumes")
         if args.models:
             cmd += ["--config", os.path.abspath(args.models)]
         summary = json.loads(subprocess.run(cmd, check=True, capture_output=True).stdout)
         shutil.copytree(os.path.join(run, "model_grid"), os.path.join(case, "model_grid"))
         truth = write_labels(study, case)
         if args.keep_ct_grid:
-            # Evaluation on the CT grid: the reference masks as the phantom wrote them.
+            # Evaluation on the CT grid: the reference masks as the phantom wrote them, and the
+            # CT they are drawn on (a mask drawn with the CT's help, item 53).
             shutil.copytree(os.path.join(study, "truth"), os.path.join(case, "truth"))
+            shutil.copy(os.path.join(run, "ct_hu.nii.gz"), os.path.join(case, "truth", "ct_hu.nii.gz"))
     with open(os.path.join(case, "done.json"), "w") as f:
         json.dump({"seed": seed, "normal": args.normal, "vendor": VENDORS[seed % len(VENDORS)],
                    "lesions": len(truth["lesions"]), "suv_bw_factor": summary["suv_bw_factor"],
@@ -141,7 +145,7 @@ def main():
     p.add_argument("--profile", default="wholebody")
     p.add_argument("--spacing", type=float, default=4.0, help="model grid spacing, mm")
     p.add_argument("--models", help="node config with [[models]]: also export their maps")
-    p.add_argument("--keep-ct-grid", action="store_true", help="also keep the CT-grid truth (evaluation)")
+    p.add_argument("--keep-ct-grid", action="store_true", help="also keep the CT-grid truth and CT (evaluation)")
     p.add_argument("--scratch", default=None, help="temporary folder (default: system temp)")
     p.add_argument("--jobs", type=int, default=1, help="cases made side by side")
     p.add_argument("--relabel", action="store_true",

@@ -66,6 +66,9 @@ pub enum Draw {
     /// Each part of the map that reaches `threshold`, drawn with the volume its probabilities
     /// add up to (the most probable CT voxels first): for nets trained on soft targets.
     ExpectedVolume,
+    /// The same parts, each drawn where the model's probability and the CT's likeness to the
+    /// part's core together make even odds or better (training/README.md, item 53).
+    CtRefined,
 }
 
 /// What an input channel holds, on the model grid (docs/models.md, "Input channels").
@@ -632,6 +635,7 @@ score_volume_ml = 1.0
         assert_eq!(parse(SEGMENTATION).unwrap().draw(), Draw::Threshold);
         assert_eq!(parse(&draw(SEGMENTATION, r#""expected_volume""#)).unwrap().draw(), Draw::ExpectedVolume);
         assert_eq!(parse(&draw(SEGMENTATION, r#""threshold""#)).unwrap().draw(), Draw::Threshold);
+        assert_eq!(parse(&draw(SEGMENTATION, r#""ct_refined""#)).unwrap().draw(), Draw::CtRefined);
         assert_eq!(keys(&draw(ANOMALY, r#""threshold""#)), ["draw"]);
         let e = parse(&draw(SEGMENTATION, r#""largest""#)).unwrap_err().to_string();
         assert!(e.contains("draw") && e.contains("largest"), "{e}");

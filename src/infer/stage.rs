@@ -139,7 +139,6 @@ pub fn run_models(
     ct_hu: &Volume<f32>,
     body: &Mask,
 ) -> Result<Inferred, InferError> {
-    let ct = ct_hu.geometry();
     // One set of channels per distinct model spacing.
     let mut grids: Vec<([f64; 3], GridChannels)> = Vec::new();
     let channels_at = |grids: &mut Vec<([f64; 3], GridChannels)>, spacing: [f64; 3]| -> usize {
@@ -185,7 +184,7 @@ pub fn run_models(
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
         let t = Instant::now();
         let threshold = model.manifest().threshold.unwrap_or(0.5) as f32;
-        let mut mask = draw(model.manifest().draw(), &p, ct, threshold);
+        let mut mask = draw(model.manifest().draw(), &p, ct_hu, threshold);
         mask.data_mut().par_iter_mut().zip(body.data().par_iter()).for_each(|(m, &b)| *m &= u8::from(b != 0));
         inferred.segmentations.push(SegmentationResult {
             name: model.name().to_string(),
