@@ -119,13 +119,18 @@ def cut(way, p, prob, part, parts, n, model_ml, ct_ml, hu):
             out.flat[where[np.argsort(-prob.flat[where])[:count]]] = True
             continue
         chosen, core = ct_refined(prob.flat[where], hu.flat[where].astype(np.float64), count)
-        drawn = np.zeros(prob.shape, bool)
-        drawn.flat[where[chosen]] = True
+        # The connection to the core is looked for in the part's box, not the whole CT.
+        at = np.unravel_index(where, prob.shape)
+        box = tuple(slice(c.min(), c.max() + 1) for c in at)
+        shape = tuple(b.stop - b.start for b in box)
+        local = np.ravel_multi_index(tuple(c - b.start for c, b in zip(at, box)), shape)
+        drawn = np.zeros(shape, bool)
+        drawn.flat[local[chosen]] = True
         if core is not None:
             pieces, _ = ndimage.label(drawn, EIGHTEEN)
-            touching = np.unique(pieces.flat[where[core]])
+            touching = np.unique(pieces.flat[local[core]])
             drawn = np.isin(pieces, touching[touching != 0])
-        out |= drawn
+        out[box] |= drawn
     return out
 
 
@@ -164,7 +169,11 @@ def main():
         truth = reference.array != 0
         lesions, _ = ndimage.label(truth, EIGHTEEN)
         model_ml, ct_ml = np.prod(grid.spacing) / 1000, np.prod(reference.spacing) / 1000
-        hu = nifti.read(os.path.join(folder, "truth", "ct_hu.nii.gz")).array
+        ct_path = os.path.join(folder, "truth", "ct_hu.nii.gz")
+        if not os.path.exists(ct_path):
+            raise SystemExit(f"{ct_path} is missing: make the case again with make_data.py --keep-ct-grid, "
+                             "which now keeps the CT beside the truth")
+        hu = nifti.read(ct_path).array
         maps = {"net": net_probability(case, manifest, onnx, channels, args.threads),
                 "fraction": fraction_on_grid(path, grid)}
         for source, m in maps.items():
