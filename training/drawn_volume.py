@@ -17,7 +17,8 @@ Ways of cutting (p: the probability on the CT grid):
             (the node's `draw = "ct_refined"`, item 53; needs the CT kept with the truth)
 
     drawn_volume.py --manifest models/seg-truth.model.toml var/training/validation/case0800[0-7]
-        (cases made with make_data.py --keep-ct-grid)
+        (cases made with make_data.py --keep-ct-grid; --reference reader_high_specificity.nii.gz
+        scores a reader's net against its own reader instead of the truth)
 """
 import argparse
 import os
@@ -154,6 +155,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--manifest", required=True)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reference", default="lesions.nii.gz", help="the mask in each case's truth/ to score against")
     p.add_argument("cases", nargs="+")
     args = p.parse_args()
     with open(args.manifest, "rb") as f:
@@ -164,7 +166,7 @@ def main():
     for folder in args.cases:
         case = data.Case(folder, with_prior="anomaly_prior" in channels)
         grid = nifti.read(os.path.join(folder, "model_grid", "suv.nii.gz"))
-        path = os.path.join(folder, "truth", "lesions.nii.gz")
+        path = os.path.join(folder, "truth", args.reference)
         reference = nifti.read(path)
         truth = reference.array != 0
         lesions, _ = ndimage.label(truth, EIGHTEEN)
