@@ -73,7 +73,9 @@ def weights_hash(root, seeds, steps, bf16):
         out = os.path.join(tmp, "net.pt")
         cmd = [sys.executable, os.path.join(HERE, "train_seg.py"), "--data", root, "--seeds", seeds, "--steps", str(steps),
                "--out", out] + TRAIN + (["--bf16"] if bf16 else [])
-        subprocess.run(cmd, check=True, capture_output=True, cwd=HERE)
+        done = subprocess.run(cmd, capture_output=True, text=True, cwd=HERE)
+        if done.returncode != 0:
+            sys.exit(f"train_seg.py failed:\n{done.stderr[-2000:]}")
         state = torch.load(out, map_location="cpu", weights_only=False)["state_dict"]
     h = hashlib.sha256()
     for key in sorted(state):
