@@ -1,4 +1,4 @@
-"""Where the CPU enters a making (training/README.md items 52 (a), 56 (b), 57): fingerprints to
+"""Where the CPU enters a making (training/README.md items 52 (a), 56 (b), 58): fingerprints to
 compare between machines. The chain's data and nets repeat exactly on one CPU and not across
 CPUs; this prints, for the cases given (validation studies made with make_data.py):
 
@@ -12,7 +12,7 @@ CPUs; this prints, for the cases given (validation studies made with make_data.p
 Two machines whose lines agree make the same data and nets; where a line differs, the CPU
 enters there.
 
-    cpu_probe.py --data var/training/validation-ct --seeds 8000-8007    (about 2 minutes)
+    cpu_probe.py --data var/training/validation --seeds 8000-8007    (about a minute)
 """
 import argparse
 import hashlib
@@ -91,7 +91,7 @@ def main():
     p.add_argument("--seeds", required=True, help="its cases to use, e.g. 8000-8007")
     args = p.parse_args()
     root = os.path.abspath(args.data)
-    cases = [c.folder for c in data.load(root, seeds=args.seeds)]
+    cases = data.folders(root, args.seeds)
     if not cases:
         sys.exit(f"no complete case of seeds {args.seeds} in {root}")
     print(f"cpu: {cpu()}")

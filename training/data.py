@@ -138,11 +138,14 @@ def seed_set(spec):
 def load(root, with_prior=False, seeds=None, fraction=None):
     """The complete cases under `root`, only those of `seeds` (a spec such as 1000-1079) if given,
     with the label fraction of source `fraction` if given (make_data.py --relabel for older cases)."""
+    return [Case(f, with_prior, fraction) for f in folders(root, seeds)]
+
+
+def folders(root, seeds=None):
+    """The complete case folders under `root`, only those of `seeds` if given, in seed order."""
     wanted = seed_set(seeds) if seeds else None
-    folders = sorted(f for f in glob.glob(os.path.join(root, "case*")) if os.path.exists(os.path.join(f, "done.json")))
-    if wanted is not None:
-        folders = [f for f in folders if int(os.path.basename(f)[4:]) in wanted]
-    return [Case(f, with_prior, fraction) for f in folders]
+    found = sorted(f for f in glob.glob(os.path.join(root, "case*")) if os.path.exists(os.path.join(f, "done.json")))
+    return [f for f in found if wanted is None or int(os.path.basename(f)[4:]) in wanted]
 
 
 def crop(a, centre, size, fill):
