@@ -1,5 +1,6 @@
 """Joins exported segmentation models of one recipe into one ONNX file whose output is the mean
-of their logits (nnU-Net ensembles its folds the same way at inference), and writes its manifest:
+of their logits (nnU-Net ensembles its folds the same way at inference), or with --combine max
+their maximum (what any member finds stays found, training/README.md item 61), and writes its manifest:
 the members' served keys (inputs, spacing, windows, mirroring, threshold), which must agree, with
 the new file's sha256. The node then serves the ensemble as any other model.
 
@@ -35,8 +36,9 @@ def served(m):
     return {k: v for k, v in m.items() if k not in OWN_KEYS}
 
 
-def join(paths, input_name, output_name):
-    """One graph: every member reads the one input; the output is the members' mean."""
+def join(paths, input_name, output_name, combine="mean"):
+    """One graph: every member reads the one input; the output is the members' mean, or their
+    maximum (what any member finds stays found)."""
     models = [onnx.load(p) for p in paths]
     if any((m.ir_version, m.opset_import) != (models[0].ir_version, models[0].opset_import) for m in models):
         raise SystemExit("the members differ in ONNX IR version or opset: export them alike")
@@ -51,9 +53,12 @@ def join(paths, input_name, output_name):
         outs.append(own_output)
         if i == 0:
             graph_input, graph_output = g.input[0], g.output[0]
-    inits.append(helper.make_tensor("ensemble/scale", onnx.TensorProto.FLOAT, [], [1.0 / len(paths)]))
-    nodes.append(helper.make_node("Sum", outs, ["ensemble/sum"]))
-    nodes.append(helper.make_node("Mul", ["ensemble/sum", "ensemble/scale"], [output_name]))
+    if combine == "max":
+        nodes.append(helper.make_node("Max", outs, [output_name]))
+    else:
+        inits.append(helper.make_tensor("ensemble/scale", onnx.TensorProto.FLOAT, [], [1.0 / len(paths)]))
+        nodes.append(helper.make_node("Sum", outs, ["ensemble/sum"]))
+        nodes.append(helper.make_node("Mul", ["ensemble/sum", "ensemble/scale"], [output_name]))
     graph_input.name, graph_output.name = input_name, output_name
     graph = helper.make_graph(nodes, "ensemble", [graph_input], [graph_output], inits)
     # The members' IR version: onnx's newer default is more than onnxruntime 1.31 reads.
@@ -63,14 +68,15 @@ def join(paths, input_name, output_name):
     return model
 
 
-def parity(members, path, channels, input_name, output_name, rng):
-    """Largest |ensemble - mean of the members| (onnxruntime both), relative above 1."""
+def parity(members, path, channels, input_name, output_name, rng, combine="mean"):
+    """Largest |ensemble - the members' mean (or maximum)| (onnxruntime both), relative above 1."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     singles = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in members]
     worst = 0.0
     for shape in [(1, 48, 48, 48), (1, 40, 72, 56), (2, 16, 8, 24)]:
         x = rng.uniform(-1, 1.5, size=(shape[0], channels) + shape[1:]).astype(np.float32)
-        want = np.mean([s.run([output_name], {input_name: x})[0] for s in singles], axis=0)
+        outs = [s.run([output_name], {input_name: x})[0] for s in singles]
+        want = np.max(outs, axis=0) if combine == "max" else np.mean(outs, axis=0)
         got = sess.run([output_name], {input_name: x})[0]
         worst = max(worst, float(np.abs(got - want).max() / max(1.0, np.abs(want).max())))
     return worst
@@ -96,6 +102,8 @@ def main():
     p.add_argument("--version", required=True)
     p.add_argument("--out", required=True, help="folder for NAME.onnx and NAME.model.toml")
     p.add_argument("--description", required=True)
+    p.add_argument("--combine", choices=["mean", "max"], default="mean",
+                   help="the members' logits averaged, or their maximum (item 61: what any member finds)")
     args = p.parse_args()
     if len(args.members) < 2:
         raise SystemExit("--members: two or more manifests")
@@ -111,16 +119,16 @@ def main():
     members = [f for _, f in loaded]
     if os.path.abspath(onnx_path) in {os.path.abspath(f) for f in members}:
         raise SystemExit(f"{onnx_path} is a member: write the ensemble elsewhere first")
-    onnx.save(join(members, first["input_name"], first["output_name"]), onnx_path)
+    onnx.save(join(members, first["input_name"], first["output_name"], args.combine), onnx_path)
     worst = parity(members, onnx_path, len(first["inputs"]), first["input_name"], first["output_name"],
-                   np.random.default_rng(0))
+                   np.random.default_rng(0), args.combine)
     if worst > 1e-5:
-        raise SystemExit(f"the ensemble differs from its members' mean by {worst:.2e} (> 1e-5)")
+        raise SystemExit(f"the ensemble differs from its members' {args.combine} by {worst:.2e} (> 1e-5)")
     sha = hashlib.sha256(open(onnx_path, "rb").read()).hexdigest()
     with open(os.path.join(args.out, f"{args.name}.model.toml"), "w") as f:
         f.write(manifest(args.members[0], args.name, args.version, onnx_path, sha, args.description))
     print(json.dumps({"onnx": onnx_path, "sha256": sha, "bytes": os.path.getsize(onnx_path),
-                      "max_diff_vs_members_mean": worst}))
+                      f"max_diff_vs_members_{args.combine}": worst}))
 
 
 if __name__ == "__main__":
