@@ -36,7 +36,7 @@ def served(m):
     return {k: v for k, v in m.items() if k not in OWN_KEYS}
 
 
-def join(paths, input_name, output_name, combine="mean"):
+def join(paths, input_name, output_name, combine):
     """One graph: every member reads the one input; the output is the members' mean, or their
     maximum (what any member finds stays found)."""
     models = [onnx.load(p) for p in paths]
@@ -68,7 +68,7 @@ def join(paths, input_name, output_name, combine="mean"):
     return model
 
 
-def parity(members, path, channels, input_name, output_name, rng, combine="mean"):
+def parity(members, path, channels, input_name, output_name, rng, combine):
     """Largest |ensemble - the members' mean (or maximum)| (onnxruntime both), relative above 1."""
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     singles = [ort.InferenceSession(p, providers=["CPUExecutionProvider"]) for p in members]
