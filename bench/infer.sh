@@ -33,7 +33,8 @@ for r in $(seq "$rounds"); do
   /usr/bin/time -f '%M' -o "$work/rss" target/release/petct-node run "$work/study" --out "$work/out" \
     --config "$work/node.toml" --model-spacing 4 > "$work/run.json"
   s=$(python3 -c "import json; print(json.load(open('$work/run.json'))['seconds']['infer'])")
-  echo "round $r: petct-node infer stage $s s, peak RSS of the whole run $(($(cat "$work/rss") / 1024)) MB"
+  parts=$(python3 -c "import json; print(', '.join(f\"{p['part']} {p['seconds']:.2f} s\" for p in json.load(open('$work/run.json'))['seconds']['infer_parts']))")
+  echo "round $r: petct-node infer stage $s s ($parts), peak RSS of the whole run $(($(cat "$work/rss") / 1024)) MB"
   best=$(python3 -c "print(min(float('$s'), float('${best:-1e9}')))")
 done
 python3 bench/infer_onnxruntime.py "$work/out/model_grid" "$PWD/models" "$rounds" "$best"

@@ -14,7 +14,7 @@ use crate::calibrate::{self, CalibrateError};
 use crate::encode::{self, EncodeError, EncodeInput, OutputUids, Segment};
 use crate::geometry::registration::{Registration, RegistrationError, RegistrationOptions, register_rigid};
 use crate::geometry::{Rigid, model_grid, resample_linear};
-use crate::infer::stage::{Inferred, run_models};
+use crate::infer::stage::{Inferred, PartSeconds, run_models};
 use crate::infer::{InferError, Models};
 use crate::inspect::{self, InspectError};
 use crate::nifti;
@@ -148,6 +148,8 @@ pub struct Timings {
     pub register: f64,
     pub resample: f64,
     pub infer: f64,
+    /// The infer stage by part (`infer::stage::PartSeconds`); empty without models.
+    pub infer_parts: Vec<PartSeconds>,
     pub segment: f64,
     pub quantify: f64,
     pub encode: f64,
@@ -523,6 +525,7 @@ pub fn process(
             register: (t_reg - t2).as_secs_f64(),
             resample: (t3 - t_reg).as_secs_f64(),
             infer: (t_infer - t3).as_secs_f64(),
+            infer_parts: inferred.seconds.clone(),
             segment: (t_seg - t_infer).as_secs_f64(),
             quantify: (t_quant - t_seg).as_secs_f64(),
             encode: (t_enc - t_quant).as_secs_f64(),

@@ -807,11 +807,16 @@ impl Models {
         }
     }
 
-    fn segmentation_names(self) -> Vec<String> {
-        self.manifests()[1..]
+    /// Every model's name, the anomaly model's first.
+    fn names(self) -> Vec<String> {
+        self.manifests()
             .iter()
             .map(|m| m.file_name().unwrap().to_str().unwrap().trim_end_matches(".model.toml").to_string())
             .collect()
+    }
+
+    fn segmentation_names(self) -> Vec<String> {
+        self.names().split_off(1)
     }
 }
 
@@ -865,6 +870,15 @@ fn check_model_results(dir: &Path, models: Models) {
     }
     let run: Value = serde_json::from_slice(&std::fs::read(dir.join("run.json")).unwrap()).unwrap();
     assert_eq!(run["segments"], serde_json::json!(methods), "{run}");
+    // What each model cost: the channels on its grid first, then every model in the order it
+    // ran, all within the stage's own seconds.
+    let parts = run["seconds"]["infer_parts"].as_array().unwrap();
+    let part = |p: &Value| p["part"].as_str().unwrap().to_string();
+    assert!(part(&parts[0]).starts_with("channels on the"), "{parts:?}");
+    let ran: Vec<String> = parts.iter().map(part).filter(|p| !p.starts_with("channels on the")).collect();
+    assert_eq!(ran, models.names());
+    let total: f64 = parts.iter().map(|p| p["seconds"].as_f64().unwrap()).sum();
+    assert!(total > 0.0 && total <= run["seconds"]["infer"].as_f64().unwrap(), "{}", run["seconds"]);
 }
 
 #[test]

@@ -7,7 +7,8 @@ CPUs; this prints, for the cases given (validation studies made with make_data.p
     body mask, and the anomaly detector's prior from ONNX Runtime) and per label kind, so a
     difference in the data is told apart from one in training;
   - a sha256 of the net's weights after STEPS steps of train_seg.py on those cases (the chain's
-    first part's line, shortened), in bfloat16 as the chain trains, and in float32.
+    first part's line, shortened), in bfloat16 as the chain trains (where the CPU has bfloat16
+    convolutions), and in float32.
 
 Two machines whose lines agree make the same data and nets; where a line differs, the CPU
 enters there.
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 import data
+import loop
 import nifti
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -102,6 +104,9 @@ def main():
     for name in ("truth.nii.gz", "truth_fraction.nii.gz"):
         print(f"data labels/{name}: {volumes_hash(cases, 'labels', name)}")
     for bf16 in (True, False):
+        if bf16 and not loop.bf16_convolutions():
+            print("weights in bfloat16: none, this CPU has no bfloat16 convolutions (train_seg.py refuses --bf16)")
+            continue
         print(f"weights after {args.steps} steps, {'bfloat16' if bf16 else 'float32'}: "
               f"{weights_hash(root, args.seeds, args.steps, bf16)}", flush=True)
 

@@ -175,9 +175,15 @@ def main():
     lesion = [s for k, s in scores.items() if k.startswith("lesion")]
     normal = [s for k, s in scores.items() if k.startswith("normal")]
     infer_s = [v["seconds"]["infer"] for v in runs.values()]
+    # Each model's own share of the stage (runs of a node older than `infer_parts` have none).
+    parts = {}
+    for v in runs.values():
+        for part in v["seconds"].get("infer_parts", []):
+            parts.setdefault(part["part"], []).append(part["seconds"])
     report = {"summary_lesion_studies": results["lesion"], "summary_normal_studies": results["normal"],
               "anomaly_scores": scores, "auroc_abnormality_score": auroc(lesion, normal),
-              "infer_seconds_mean": sum(infer_s) / len(infer_s), "cases": len(runs),
+              "infer_seconds_mean": sum(infer_s) / len(infer_s),
+              "infer_seconds_mean_by_part": {k: sum(s) / len(s) for k, s in parts.items()}, "cases": len(runs),
               "methods": methods(os.path.abspath(args.config))}
     if args.carry:
         carry(report, args.carry)

@@ -21,8 +21,20 @@ def add_args(p):
                    help="forward passes in bfloat16 (autocast; the weights, the loss and validation stay float32)")
 
 
+def bf16_convolutions():
+    """Whether oneDNN has bfloat16 convolutions on this CPU (avx512, natively with avx512_bf16 or
+    amx). On an avx2-only CPU it has none, and a --bf16 step of the chain takes minutes, not a
+    quarter of a second (training/README.md item 66)."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def seeded(args):
     """Seeds torch, sets its threads; the numpy generator for sampling patches."""
+    if args.bf16 and torch.device(args.device).type == "cpu" and not bf16_convolutions():
+        raise SystemExit(f"--bf16: this CPU ({torch.backends.cpu.get_cpu_capability()}) has no bfloat16 "
+                         "convolutions, so each step would take forty times as long as in float32; train without "
+                         "--bf16 (float32: another path of arithmetic, so another draw of the chain, "
+                         "training/README.md item 58) or on a CPU with avx512")
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
     return np.random.default_rng(args.seed)

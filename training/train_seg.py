@@ -157,14 +157,27 @@ def initialise(net, path, channels, norm, base):
     print(f"initialised from {path} ({ck['steps']} steps, channels {ck['channels']})", flush=True)
 
 
-def loss_fn(logits, ids, y, blob_weight=0.0):
+def mark_faint(case):
+    """Negates the ids of the lesions of `case.ids` whose SUVmax on the model grid is under
+    FAINT_SUV, so that loss_fn can weigh them (--faint-weight); returns how many of how many."""
+    n = int(case.ids.max())
+    peaks = ndimage.maximum(case.suv, case.ids, index=np.arange(1, n + 1)) if n else []
+    faint = np.flatnonzero(np.asarray(peaks) < FAINT_SUV) + 1
+    case.ids[np.isin(case.ids, faint)] *= -1
+    return len(faint), n
+
+
+def loss_fn(logits, ids, y, blob_weight=0.0, faint_weight=1.0):
     """Binary cross-entropy plus soft Dice over the batch against `y` (0/1, or the label
     fraction); with `blob_weight`, plus that times the mean soft Dice of each lesion of `ids`
     alone (blob loss, Kofler et al. 2022: each lesion scored with the other lesions' voxels left
     out), so that a missed 0.5 mL lesion costs as much as a missed 20 mL one rather than 1/40th
-    of it."""
+    of it. With `faint_weight`, the voxels and the own Dice of a faint lesion (a negative id,
+    `mark_faint`) count that many times: what the nets miss are these, given a probability near
+    0 (training/README.md item 55), not near misses."""
     logits = logits.float()  # under --bf16: the Dice's sums over a whole batch need float32
-    bce = F.binary_cross_entropy_with_logits(logits, y)
+    weight = torch.where(ids < 0, faint_weight, 1.0) if faint_weight != 1 else None
+    bce = F.binary_cross_entropy_with_logits(logits, y, weight=weight)
     p = torch.sigmoid(logits)
     inter = (p * y).sum()
     loss = bce + 1 - (2 * inter + 1) / (p.sum() + y.sum() + 1)
@@ -177,7 +190,7 @@ def loss_fn(logits, ids, y, blob_weight=0.0):
                 continue
             own = y[b] * (ids[b] == k)
             pk = p[b] * ((ids[b] == 0) | (ids[b] == k))
-            blobs.append(1 - 2 * (pk * own).sum() / (pk.sum() + own.sum()))
+            blobs.append((faint_weight if k < 0 else 1) * (1 - 2 * (pk * own).sum() / (pk.sum() + own.sum())))
     return loss + blob_weight * torch.stack(blobs).mean() if blobs else loss
 
 
@@ -198,6 +211,8 @@ def main():
                    help="the share of the hot-region patches centred on a lesion beside a hot organ (truth.json)")
     p.add_argument("--faint", type=float, default=0.0,
                    help="the share of the lesion patches centred on a lesion of SUVmax under FAINT_SUV")
+    p.add_argument("--faint-weight", type=float, default=1.0,
+                   help="how many times a lesion of SUVmax under FAINT_SUV counts in the loss (loss_fn)")
     p.add_argument("--soft-labels", action="store_true",
                    help="train on the label fraction on the model grid (make_data.py), not its 0/1 label")
     p.add_argument("--blob-weight", type=float, default=0.0,
@@ -224,9 +239,13 @@ def main():
         c.lesions = lesions(c.labels[args.labels]) if args.per_lesion else []
         c.confounders = confounder_lesions(c) if args.confounders else []
         c.faint = faint_lesions(c, c.labels[args.labels]) if args.faint else []
+        c.faint_of = mark_faint(c) if args.faint_weight != 1 else (0, 0)
     print(f"{len(cases)} studies, channels {channels}, labels {args.labels}", flush=True)
     if args.faint:
         print(f"faint lesions: {sum(len(c.faint) for c in cases)} in {sum(bool(c.faint) for c in cases)} studies", flush=True)
+    if args.faint_weight != 1:
+        faint, total = np.sum([c.faint_of for c in cases], axis=0)
+        print(f"lesions weighed {args.faint_weight} times as faint: {faint} of {total}", flush=True)
     size = (args.patch,) * 3
 
     def step(net, report):
@@ -234,7 +253,7 @@ def main():
                           args.faint)
                    for _ in range(args.batch)]
         x, ids, y = (torch.from_numpy(np.stack(a)).to(args.device) for a in zip(*patches))
-        return loss_fn(net(x), ids, y, args.blob_weight), ""
+        return loss_fn(net(x), ids, y, args.blob_weight, args.faint_weight), ""
 
     def checkpoint(net, steps):
         return {"task": "segmentation", "channels": channels, "labels": args.labels, "state_dict": net.state_dict(),

@@ -9,6 +9,7 @@
 use std::time::Instant;
 
 use rayon::prelude::*;
+use serde::Serialize;
 
 use super::draw::draw;
 use super::{Channels, InferError, Models};
@@ -51,11 +52,21 @@ impl AnomalyResult {
     }
 }
 
+/// Seconds one part of the stage took: the channels on a model grid, or one model (its windows
+/// and its result back on the grid it is kept on), so an admin sees what each model costs.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartSeconds {
+    pub part: String,
+    pub seconds: f64,
+}
+
 #[derive(Debug, Default)]
 pub struct Inferred {
     pub anomaly: Option<AnomalyResult>,
     /// In configuration order.
     pub segmentations: Vec<SegmentationResult>,
+    /// In the order they ran.
+    pub seconds: Vec<PartSeconds>,
 }
 
 /// One model grid's channels, cropped.
@@ -139,22 +150,26 @@ pub fn run_models(
     ct_hu: &Volume<f32>,
     body: &Mask,
 ) -> Result<Inferred, InferError> {
+    let mut inferred = Inferred::default();
+    let took = |seconds: &mut Vec<PartSeconds>, part: String, since: Instant| {
+        seconds.push(PartSeconds { part, seconds: since.elapsed().as_secs_f64() });
+    };
     // One set of channels per distinct model spacing.
     let mut grids: Vec<([f64; 3], GridChannels)> = Vec::new();
-    let channels_at = |grids: &mut Vec<([f64; 3], GridChannels)>, spacing: [f64; 3]| -> usize {
+    let channels_at = |grids: &mut Vec<([f64; 3], GridChannels)>, seconds: &mut Vec<PartSeconds>, spacing: [f64; 3]| {
         if let Some(i) = grids.iter().position(|(s, _)| *s == spacing) {
             return i;
         }
         let t = Instant::now();
         grids.push((spacing, GridChannels::new(suv_on_ct, ct_hu, body, spacing)));
         tracing::debug!(?spacing, seconds = t.elapsed().as_secs_f64(), "channels on the model grid");
+        took(seconds, format!("channels on the {spacing:?} mm grid"), t);
         grids.len() - 1
     };
-    let mut inferred = Inferred::default();
     // The prior on its own (cropped) grid, to be resampled onto the segmentation models' grids.
     let mut prior: Option<Volume<f32>> = None;
     if let Some(model) = models.anomaly() {
-        let i = channels_at(&mut grids, model.manifest().spacing_mm);
+        let i = channels_at(&mut grids, &mut inferred.seconds, model.manifest().spacing_mm);
         let g = &grids[i].1;
         let channels = Channels { suv: &g.suv, ct_hu: &g.ct_hu, anomaly_prior: None };
         let t = Instant::now();
@@ -167,9 +182,10 @@ pub fn run_models(
             score: map.score,
         });
         prior = Some(map.probability);
+        took(&mut inferred.seconds, model.name().to_string(), t);
     }
     for model in models.segmentation() {
-        let i = channels_at(&mut grids, model.manifest().spacing_mm);
+        let i = channels_at(&mut grids, &mut inferred.seconds, model.manifest().spacing_mm);
         let g = &grids[i].1;
         let prior_here = prior.as_ref().map(|p| {
             if p.geometry() == g.suv.geometry() {
@@ -182,7 +198,7 @@ pub fn run_models(
         let t = Instant::now();
         let p = model.segment(&channels)?;
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
-        let t = Instant::now();
+        let t_back = Instant::now();
         let threshold = model.manifest().threshold.unwrap_or(0.5) as f32;
         let mut mask = draw(model.manifest().draw(), &p, ct_hu, threshold);
         mask.data_mut().par_iter_mut().zip(body.data().par_iter()).for_each(|(m, &b)| *m &= u8::from(b != 0));
@@ -192,7 +208,8 @@ pub fn run_models(
             annotation_source: model.manifest().annotation_source.clone(),
             mask,
         });
-        tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "back on the CT grid");
+        tracing::debug!(model = model.name(), seconds = t_back.elapsed().as_secs_f64(), "back on the CT grid");
+        took(&mut inferred.seconds, model.name().to_string(), t);
     }
     Ok(inferred)
 }
