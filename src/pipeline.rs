@@ -525,7 +525,7 @@ pub fn process(
             register: (t_reg - t2).as_secs_f64(),
             resample: (t3 - t_reg).as_secs_f64(),
             infer: (t_infer - t3).as_secs_f64(),
-            infer_parts: inferred.seconds.clone(),
+            infer_parts: inferred.seconds,
             segment: (t_seg - t_infer).as_secs_f64(),
             quantify: (t_quant - t_seg).as_secs_f64(),
             encode: (t_enc - t_quant).as_secs_f64(),

@@ -23,8 +23,8 @@ def add_args(p):
 
 def bf16_convolutions():
     """Whether oneDNN has bfloat16 convolutions on this CPU (avx512, natively with avx512_bf16 or
-    amx). On an avx2-only CPU it has none, and a --bf16 step of the chain takes minutes, not a
-    quarter of a second (training/README.md item 66)."""
+    amx). On an avx2-only CPU it has none, and a --bf16 step of the chain takes about a minute, not
+    half a second (training/README.md item 66)."""
     return torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
