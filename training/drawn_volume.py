@@ -2,7 +2,8 @@
 segmentation model's probability on validation cases, mapped onto the CT grid as the node maps
 it (linear interpolation) and cut in several ways, against the CT-grid truth. For each way: the
 study's Dice (autoPET's, over the whole CT grid), false-positive volume, and the volume each true
-lesion that is found is drawn with against its true volume, by size. Beside the net, the same
+lesion that is found is drawn with against its true volume, by size; against the truth, also the
+true lesions found by kind (borderline, SUVmax under 3.5 or not: missed_lesions.py's count). Beside the net, the same
 for the truth's own fraction on the model grid (the soft target): what a perfect net on that grid
 would give.
 
@@ -21,6 +22,7 @@ Ways of cutting (p: the probability on the CT grid):
         scores a reader's net against its own reader instead of the truth)
 """
 import argparse
+import json
 import os
 import tomllib
 
@@ -31,6 +33,7 @@ import data
 import nifti
 import window
 from make_data import fraction_on_grid, sample_at
+from missed_lesions import by_kind
 from train_seg import inputs
 
 EIGHTEEN = ndimage.generate_binary_structure(3, 2)
@@ -176,28 +179,42 @@ def main():
             raise SystemExit(f"{ct_path} is missing: make the case again with make_data.py --keep-ct-grid, "
                              "which now keeps the CT beside the truth")
         hu = nifti.read(ct_path).array
+        # Kinds only against the truth's own ids (truth.json's lesions), not a reader's mask.
+        kinds_of = []
+        if args.reference == "lesions.nii.gz":
+            kinds_of = json.load(open(os.path.join(folder, "truth.json")))["lesions"]
         maps = {"net": net_probability(case, manifest, onnx, channels, args.threads),
                 "fraction": fraction_on_grid(path, grid)}
         for source, m in maps.items():
             prob, part, parts, n = on_ct(m, grid.affine, reference.affine, truth.shape)
             line = []
             for way in WAYS:
-                dice, fpv, found = score(cut(way, m, prob, part, parts, n, model_ml, ct_ml, hu), truth, lesions, ct_ml)
-                rows[(source, way)].append((dice, fpv, found))
+                mask = cut(way, m, prob, part, parts, n, model_ml, ct_ml, hu)
+                dice, fpv, found = score(mask, truth, lesions, ct_ml)
+                tally = by_kind(set(np.unique(reference.array[mask]).tolist()), kinds_of) if kinds_of else {}
+                rows[(source, way)].append((dice, fpv, found, tally))
                 line.append(f"{way} {dice:.3f}")
             print(f"{os.path.basename(folder)} {source:<8}: " + ", ".join(line), flush=True)
     print(f"\nmean over {len(args.cases)} cases; drawn / true volume of the found lesions (median, by true size)")
     head = " ".join(f"{f'{a:g}-{b:g} mL' if b < 1e9 else f'>{a:g} mL':>10}" for a, b in SIZES)
     print(f"{'':<18} {'Dice':>6} {'FPV mL':>7} {'found':>5} {'drawn/true':>10} {head}")
     for (source, way), got in rows.items():
-        found = [f for _, _, fs in got for f in fs]
+        found = [f for _, _, fs, _ in got for f in fs]
         by_size = []
         for a, b in SIZES:
             r = [d / t for t, d in found if a <= t < b]
             by_size.append(f"{np.median(r):.2f} ({len(r):2d})" if r else "-")
+        # Normal studies have no lesion to find, so no ratio.
+        ratio = f"{np.sum([d for _, d in found]) / np.sum([t for t, _ in found]):10.2f}" if found else f"{'-':>10}"
         print(f"{source + ' ' + way:<18} {np.mean([g[0] for g in got]):6.3f} {np.mean([g[1] for g in got]):7.2f} "
-              f"{len(found):5d} {np.sum([d for _, d in found]) / np.sum([t for t, _ in found]):10.2f} "
-              + " ".join(f"{s:>10}" for s in by_size))
+              f"{len(found):5d} {ratio} " + " ".join(f"{s:>10}" for s in by_size))
+    kinds = sorted({k for got in rows.values() for g in got for k in g[3]})
+    if kinds:
+        print("\nfound of the true lesions by kind (found of all, missed mL), as missed_lesions.py counts them")
+        for (source, way), got in rows.items():
+            total = {k: np.sum([g[3][k] for g in got if k in g[3]], axis=0) for k in kinds}
+            print(f"{source + ' ' + way:<18} " + "; ".join(
+                f"{k} {int(t[0])} of {int(t[1])} ({t[2]:.1f} mL)" for k, t in total.items()))
 
 
 if __name__ == "__main__":

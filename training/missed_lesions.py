@@ -31,6 +31,19 @@ def kind(lesion):
     return f"SUVmax < {LOW_SUV}" if lesion["observed_suv_max"] < LOW_SUV else f"SUVmax >= {LOW_SUV}"
 
 
+def by_kind(hit, lesions):
+    """Per kind of lesion: [found, total, missed mL], a lesion found when its id is in `hit`."""
+    tally = {}
+    for lesion in lesions:
+        t = tally.setdefault(kind(lesion), [0, 0, 0.0])
+        t[1] += 1
+        if lesion["id"] in hit:
+            t[0] += 1
+        else:
+            t[2] += lesion["volume_ml"]
+    return tally
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", required=True)
@@ -46,7 +59,6 @@ def main():
         total = sum(lesion["volume_ml"] for lesion in lesions)
         visible = sum(lesion["volume_ml"] for lesion in lesions if not lesion["borderline"])
         bounds.append(2 * visible / (visible + total))
-        kinds = [kind(lesion) for lesion in lesions]
         for pred in sorted(glob.glob(os.path.join(args.work, "pred", case, "*.nii.gz"))):
             method = os.path.basename(pred)[: -len(".nii.gz")]
             mask = nifti.read(pred).array != 0
@@ -59,19 +71,16 @@ def main():
                 found_dice.setdefault(method, []).append(
                     (2 * np.count_nonzero(found & mask) / (np.count_nonzero(found) + np.count_nonzero(touching)),
                      np.count_nonzero(touching) / np.count_nonzero(found)))
-            for lesion, k in zip(lesions, kinds):
-                c = counts.setdefault((method, k), [0, 0, 0.0])
-                c[1] += 1
-                if lesion["id"] in hit:
-                    c[0] += 1
-                    continue
-                c[2] += lesion["volume_ml"]
-                if method == args.list:
-                    print(f"{case} lesion {lesion['id']}: {lesion['location']}, {lesion['volume_ml']:.1f} mL, SUVmax "
-                          f"{lesion['observed_suv_max']:.1f} on {lesion['background_suv']:.2f}, {k}")
+            for k, tally in by_kind(hit, lesions).items():
+                counts[(method, k)] = np.add(counts.get((method, k), 0), tally)
+            if method == args.list:
+                for lesion in lesions:
+                    if lesion["id"] not in hit:
+                        print(f"{case} lesion {lesion['id']}: {lesion['location']}, {lesion['volume_ml']:.1f} mL, "
+                              f"SUVmax {lesion['observed_suv_max']:.1f} on {lesion['background_suv']:.2f}, {kind(lesion)}")
     print("| method | lesions | found | missed mL |\n|---|---|---:|---:|")
     for (method, k), (found, total, missed) in sorted(counts.items()):
-        print(f"| {method} | {k} | {found} of {total} | {missed:.1f} |")
+        print(f"| {method} | {k} | {found:.0f} of {total:.0f} | {missed:.1f} |")
     print(f"Dice with every lesion but the borderline ones found exactly: {np.mean(bounds):.2f} "
           f"({min(bounds):.2f}-{max(bounds):.2f} over {len(bounds)} studies)")
     for method, rows in sorted(found_dice.items()):
