@@ -60,15 +60,26 @@ def confounder_lesions(case):
     """The voxels of each lesion that truth.json places beside a hot organ (its `confounder`: the
     bladder, a kidney, the heart), as numbered in `case.ids`; its centre voxel alone when the
     labels trained on leave it out."""
-    if case.truth is None:
-        raise SystemExit(f"{case.folder}: no truth.json (make_data.py --relabel writes it)")
     out = []
-    for lesion in case.truth["lesions"]:
-        zyx = data.voxel_of(case, lesion["centre_mm"])
-        if lesion["confounder"] and all(0 <= v < n for v, n in zip(zyx, case.ids.shape)):
+    for lesion in truth_lesions(case):
+        zyx = centre_voxel(case, lesion)
+        if lesion["confounder"] and zyx is not None:
             k = case.ids[zyx]
             out.append(np.argwhere(case.ids == k).astype(np.int16) if k else np.array([zyx], dtype=np.int16))
     return out
+
+
+def truth_lesions(case):
+    """truth.json's lesions of `case` (centre, kind, borderline flag)."""
+    if case.truth is None:
+        raise SystemExit(f"{case.folder}: no truth.json (make_data.py --relabel writes it)")
+    return case.truth["lesions"]
+
+
+def centre_voxel(case, lesion):
+    """The model-grid voxel at a truth.json lesion's centre, or None where it lies outside the grid."""
+    zyx = data.voxel_of(case, lesion["centre_mm"])
+    return zyx if all(0 <= v < n for v, n in zip(zyx, case.ids.shape)) else None
 
 
 def faint_lesions(case, label):
@@ -157,12 +168,18 @@ def initialise(net, path, channels, norm, base):
     print(f"initialised from {path} ({ck['steps']} steps, channels {ck['channels']})", flush=True)
 
 
-def mark_faint(case):
-    """Negates the ids of the lesions of `case.ids` whose SUVmax on the model grid is under
-    FAINT_SUV, so that loss_fn can weigh them (--faint-weight); returns how many of how many."""
+def mark_faint(case, kind="suvmax"):
+    """Negates the ids of the faint lesions of `case.ids`, so that loss_fn can weigh them
+    (--faint-weight); returns how many of how many. Faint (--faint-kind): SUVmax on the model grid
+    under FAINT_SUV, or those truth.json flags borderline (the lesion at each one's centre voxel),
+    which hold most of the volume the nets miss and are not all low in SUV (item 70)."""
     n = int(case.ids.max())
-    peaks = ndimage.maximum(case.suv, case.ids, index=np.arange(1, n + 1)) if n else []
-    faint = np.flatnonzero(np.asarray(peaks) < FAINT_SUV) + 1
+    if kind == "borderline":
+        centres = [centre_voxel(case, lesion) for lesion in truth_lesions(case) if lesion["borderline"]]
+        faint = np.unique([case.ids[zyx] for zyx in centres if zyx is not None and case.ids[zyx] > 0])
+    else:
+        peaks = ndimage.maximum(case.suv, case.ids, index=np.arange(1, n + 1)) if n else []
+        faint = np.flatnonzero(np.asarray(peaks) < FAINT_SUV) + 1
     case.ids[np.isin(case.ids, faint)] *= -1
     return len(faint), n
 
@@ -212,7 +229,10 @@ def main():
     p.add_argument("--faint", type=float, default=0.0,
                    help="the share of the lesion patches centred on a lesion of SUVmax under FAINT_SUV")
     p.add_argument("--faint-weight", type=float, default=1.0,
-                   help="how many times a lesion of SUVmax under FAINT_SUV counts in the loss (loss_fn)")
+                   help="how many times a faint lesion (--faint-kind) counts in the loss (loss_fn)")
+    p.add_argument("--faint-kind", choices=["suvmax", "borderline"], default="suvmax",
+                   help="the lesions --faint-weight weighs: SUVmax under FAINT_SUV on the model grid, or "
+                        "those truth.json flags borderline (mark_faint)")
     p.add_argument("--soft-labels", action="store_true",
                    help="train on the label fraction on the model grid (make_data.py), not its 0/1 label")
     p.add_argument("--blob-weight", type=float, default=0.0,
@@ -239,13 +259,13 @@ def main():
         c.lesions = lesions(c.labels[args.labels]) if args.per_lesion else []
         c.confounders = confounder_lesions(c) if args.confounders else []
         c.faint = faint_lesions(c, c.labels[args.labels]) if args.faint else []
-        c.faint_of = mark_faint(c) if args.faint_weight != 1 else (0, 0)
+        c.faint_of = mark_faint(c, args.faint_kind) if args.faint_weight != 1 else (0, 0)
     print(f"{len(cases)} studies, channels {channels}, labels {args.labels}", flush=True)
     if args.faint:
         print(f"faint lesions: {sum(len(c.faint) for c in cases)} in {sum(bool(c.faint) for c in cases)} studies", flush=True)
     if args.faint_weight != 1:
         faint, total = np.sum([c.faint_of for c in cases], axis=0)
-        print(f"lesions weighed {args.faint_weight} times as faint: {faint} of {total}", flush=True)
+        print(f"lesions weighed {args.faint_weight} times as faint ({args.faint_kind}): {faint} of {total}", flush=True)
     size = (args.patch,) * 3
 
     def step(net, report):
