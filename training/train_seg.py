@@ -16,6 +16,7 @@ bounding box)
 and keeps the checkpoint with the best mean beside the last one (`-best.pt`).
 """
 import argparse
+import contextlib
 
 import numpy as np
 import torch
@@ -168,6 +169,27 @@ def initialise(net, path, channels, norm, base):
     print(f"initialised from {path} ({ck['steps']} steps, channels {ck['channels']})", flush=True)
 
 
+@contextlib.contextmanager
+def pet_blank(net, x, channels):
+    """Blanks the PET channels of batch `x` (SUV in any window, and the prior, which is made from
+    the SUV) as outside the body, and keeps that batch out of batch normalisation's running
+    statistics, which the served net uses and which must stay those of PET and CT together. The
+    nets give lesions plain in the CT but faint in the PET a probability of 0.00 (training/README.md
+    items 31, 49, 72): they decide on the PET; a batch without it makes the CT decide."""
+    pet = [i for i, c in enumerate(channels) if data.CHANNELS[c][0] in ("suv", "anomaly_prior")]
+    for i, value in zip(pet, data.air_values([channels[i] for i in pet])):
+        x[:, i] = float(value)
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * this batch's: unchanged
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
 def mark_faint(case, kind="suvmax"):
     """Negates the ids of the faint lesions of `case.ids`, so that loss_fn can weigh them
     (--faint-weight); returns how many of how many. Faint (--faint-kind): SUVmax on the model grid
@@ -223,6 +245,9 @@ def main():
                    help="input channels in order (data.CHANNELS); --no-prior drops anomaly_prior")
     p.add_argument("--prior-dropout", type=float, default=0.0,
                    help="the fraction of patches whose prior channel is blanked (as outside the body)")
+    p.add_argument("--pet-dropout", type=float, default=0.0,
+                   help="the fraction of batches whose PET channels (SUV and the prior) are blanked, so the CT "
+                        "alone must find the lesions it shows (pet_blank)")
     p.add_argument("--per-lesion", action="store_true",
                    help="patches on the labels: a lesion first, then a voxel in it (default: any labelled voxel)")
     p.add_argument("--confounders", type=float, default=0.0,
@@ -269,6 +294,8 @@ def main():
     if args.faint_weight != 1:
         faint, total = np.sum([c.faint_of for c in cases], axis=0)
         print(f"lesions weighed {args.faint_weight} times as faint ({args.faint_kind}): {faint} of {total}", flush=True)
+    if args.pet_dropout:
+        print(f"PET channels blanked in {args.pet_dropout:.0%} of the batches (pet_blank)", flush=True)
     size = (args.patch,) * 3
 
     def step(net, report):
@@ -276,7 +303,9 @@ def main():
                           args.faint)
                    for _ in range(args.batch)]
         x, ids, y = (torch.from_numpy(np.stack(a)).to(args.device) for a in zip(*patches))
-        return loss_fn(net(x), ids, y, args.blob_weight, args.faint_weight), ""
+        blank = args.pet_dropout and rng.random() < args.pet_dropout
+        with pet_blank(net, x, channels) if blank else contextlib.nullcontext():
+            return loss_fn(net(x), ids, y, args.blob_weight, args.faint_weight), ""
 
     def checkpoint(net, steps):
         return {"task": "segmentation", "channels": channels, "labels": args.labels, "state_dict": net.state_dict(),
