@@ -272,6 +272,8 @@ def main():
     args = p.parse_args()
     if args.faint_kind != "suvmax" and args.faint_weight == 1:
         p.error("--faint-kind chooses the lesions --faint-weight weighs; give --faint-weight too")
+    if not 0 <= args.pet_dropout <= 1:
+        p.error(f"--pet-dropout is a share of the batches, from 0 to 1 (not {args.pet_dropout})")
     rng = loop.seeded(args)
     channels = [c for c in args.channels.split(",") if not (args.no_prior and c == "anomaly_prior")]
     with_prior = "anomaly_prior" in channels
