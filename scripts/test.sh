@@ -30,10 +30,11 @@ fi
 
 # --- Python readers used by tests ------------------------------------------------------------
 # onnx builds the tiny test models of tests/infer.rs (tests/py/make_test_models.py); Pillow
-# writes the JPEG with restart markers of tests/transfer_syntaxes.rs.
-if ! python3 -c 'import pydicom, numpy, SimpleITK, highdicom, onnx, PIL' 2>/dev/null; then
-  log "installing pydicom, numpy, SimpleITK, highdicom, onnx and Pillow"
-  python3 -m pip install -q --disable-pip-version-check pydicom numpy SimpleITK highdicom onnx pillow
+# writes the JPEG with restart markers of tests/transfer_syntaxes.rs; scipy is the reference of
+# the node's ct_blob channel (training/blob_channel.py, tests/pipeline.rs).
+if ! python3 -c 'import pydicom, numpy, scipy, SimpleITK, highdicom, onnx, PIL' 2>/dev/null; then
+  log "installing pydicom, numpy, scipy, SimpleITK, highdicom, onnx and Pillow"
+  python3 -m pip install -q --disable-pip-version-check pydicom numpy scipy SimpleITK highdicom onnx pillow
 fi
 
 # --- ONNX Runtime, the library the node loads for learned models (tests/infer.rs, tests/jobs.rs)

@@ -14,6 +14,7 @@ use crate::calibrate::{self, CalibrateError};
 use crate::encode::{self, EncodeError, EncodeInput, OutputUids, Segment};
 use crate::geometry::registration::{Registration, RegistrationError, RegistrationOptions, register_rigid};
 use crate::geometry::{Rigid, model_grid, resample_linear};
+use crate::infer::shape::ct_blob;
 use crate::infer::stage::{Inferred, PartSeconds, run_models};
 use crate::infer::{InferError, Models};
 use crate::inspect::{self, InspectError};
@@ -242,10 +243,12 @@ fn export_model_grid(
     let grid = model_grid::model_grid(ct_hu.geometry(), spacing);
     let (suv, ct) =
         rayon::join(|| model_grid::to_grid(suv_on_ct, &grid, 0.0), || model_grid::to_grid(ct_hu, &grid, AIR_HU));
+    let body = model_grid::mask_to_grid(body, &grid);
     let mut written = vec![
         export(&dir, "suv.nii.gz", &suv, "SUVbw, model grid")?,
         export(&dir, "ct_hu.nii.gz", &ct, "CT in HU, model grid")?,
-        export(&dir, "body.nii.gz", &model_grid::mask_to_grid(body, &grid), "body mask, model grid")?,
+        export(&dir, "body.nii.gz", &body, "body mask, model grid")?,
+        export(&dir, "ct_blob.nii.gz", &ct_blob(&ct, &body), "CT shape (ct_blob), model grid")?,
     ];
     if let Some(prior) = prior {
         // The anomaly model's own grid; another spacing was asked for: resampled onto it.

@@ -288,7 +288,7 @@ fn the_anomaly_map_and_score_and_the_prior_fed_segmentation_match_hand_computed_
     let suv = Volume::new(grid([3, 2, 1]), suv_values.to_vec()).unwrap();
     let ct = Volume::new(grid([3, 2, 1]), vec![0.0; 6]).unwrap();
     let body = Volume::new(grid([3, 2, 1]), body.to_vec()).unwrap();
-    let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None };
+    let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None, ct_blob: None };
     let map = models.anomaly().unwrap().anomaly(&channels, &body).unwrap();
     let off = worst(map.probability.data(), &want_p);
     assert!(off < 1e-5, "{:?} vs {want_p:?}", map.probability.data());
@@ -308,7 +308,8 @@ fn the_anomaly_map_and_score_and_the_prior_fed_segmentation_match_hand_computed_
     let mut coarse = grid([3, 2, 1]);
     coarse.spacing_mm = [2.0, 4.0, 4.0];
     let other = Volume::new(coarse, suv_values.to_vec()).unwrap();
-    let e = seg.segment(&Channels { suv: &other, ct_hu: &other, anomaly_prior: Some(&other) }).unwrap_err();
+    let e =
+        seg.segment(&Channels { suv: &other, ct_hu: &other, anomaly_prior: Some(&other), ct_blob: None }).unwrap_err();
     assert!(e.to_string().contains("expects [4.0, 4.0, 4.0] mm"), "{e}");
 }
 
@@ -324,7 +325,7 @@ fn the_map_has_a_calibration_of_its_own_when_the_manifest_gives_one() {
     let suv = Volume::new(grid([3, 2, 1]), vec![5.0, 9.0, 13.0, 30.0, 7.0, 9.0]).unwrap();
     let ct = Volume::new(grid([3, 2, 1]), vec![0.0; 6]).unwrap();
     let body = Volume::new(grid([3, 2, 1]), vec![1u8, 1, 1, 1, 1, 0]).unwrap();
-    let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None };
+    let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None, ct_blob: None };
     let map = models.anomaly().unwrap().anomaly(&channels, &body).unwrap();
     let want_p = [0.0, 0.125, 0.375, 0.8125, 0.0, 0.0];
     assert!(worst(map.probability.data(), &want_p) < 1e-5, "{:?} vs {want_p:?}", map.probability.data());
@@ -438,4 +439,41 @@ fn check_config_loads_the_models_and_names_what_is_wrong() {
     let (code, _, err) = check_config(&config);
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("key `inference.library`") && err.contains("/nonexistent/libonnxruntime.so"), "{err}");
+}
+
+#[test]
+fn a_model_that_takes_the_ct_shape_gets_the_nodes_own_channel_through_the_stage() {
+    let dir = tempfile::tempdir().unwrap();
+    let blob = "[[inputs]]\nsource = \"ct_blob\"\nclip = [0.0, 40.0]\noffset = 0.0\nscale = 20.0\n";
+    // logit 4 ct_blob / 20 - 2: probability 0.5 where the channel is 10 HU.
+    let seg = spec("seg-shape", "segmentation", "seg_prior.onnx", &[SUV, CT, blob]).write(dir.path());
+    let mut models = load(&[seg], &settings()).unwrap();
+    // A 40 HU ball of 12 mm radius and a tube of the same radius in fat, on a 4 mm CT grid.
+    let n = 32;
+    let (mut ct, mut inside) = (Vec::new(), Vec::new());
+    for k in 0..n {
+        for j in 0..n {
+            for i in 0..n {
+                let [x, y, z] = [i, j, k].map(|v| (v as f64 - 15.5) * 4.0);
+                let ball = x * x + y * y + (z - 30.0).powi(2) <= 144.0;
+                let tube = (x - 30.0).powi(2) + y * y <= 144.0;
+                ct.push(if ball || tube { 40.0 } else { -90.0 });
+                inside.push(u8::from([i, j, k].iter().all(|&v| (2..n - 2).contains(&v))));
+            }
+        }
+    }
+    let ct = Volume::new(grid([n; 3]), ct).unwrap();
+    let body = Volume::new(grid([n; 3]), inside).unwrap();
+    let suv = Volume::new(grid([n; 3]), vec![1.0f32; n * n * n]).unwrap();
+    let inferred = petct_node::infer::stage::run_models(&mut models, &suv, &ct, &body).unwrap();
+    let mask = &inferred.segmentations[0].mask;
+    let want = petct_node::infer::shape::ct_blob(&ct, &body);
+    let marked = mask.data().iter().filter(|&&m| m != 0).count();
+    let differ = mask.data().iter().zip(want.data()).filter(|(m, w)| (**m != 0) != (**w >= 10.0)).count();
+    assert!(marked > 20 && differ == 0, "{marked} marked, {differ} differ from the channel at 10 HU");
+    // The ball, not the tube: nothing marked more than 20 mm from the ball's centre.
+    for (v, _) in mask.data().iter().enumerate().filter(|(_, m)| **m != 0) {
+        let [x, y, z] = [v % n, v / n % n, v / (n * n)].map(|c| (c as f64 - 15.5) * 4.0);
+        assert!(x * x + y * y + (z - 30.0).powi(2) <= 400.0, "marked at {x}, {y}, {z}");
+    }
 }

@@ -168,4 +168,9 @@ fn the_model_grid_keeps_the_box_the_activity_and_the_body() {
     assert_eq!(training["label_mismatches"], 0, "{check}");
     assert_eq!(training["fraction_mismatches"], 0, "{check}");
     assert!(training["label_geometry_error_mm"].as_f64().unwrap() < 1e-3, "{check}");
+    // The CT shape channel is scipy's filter (training/blob_channel.py) to float rounding.
+    let blob = &check["ct_blob"];
+    assert!(blob["max"].as_f64().unwrap() > 1.0, "{check}");
+    assert!(blob["error"].as_f64().unwrap() < 1e-3, "{check}");
+    assert_eq!(blob["outside_body_max"], 0.0, "{check}");
 }

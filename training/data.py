@@ -1,5 +1,6 @@
 """Cases written by make_data.py, loaded into memory, and the channel normalisation of the
 manifests (docs/models.md): value = (clamp(x, lo, hi) - offset) / scale."""
+import functools
 import glob
 import json
 import os
@@ -28,9 +29,12 @@ CHANNELS = {
     "anomaly_prior": ("anomaly_prior", (0.0, 1.0), 0.0, 1.0),
     "suv_masked": ("suv_masked", (0.0, 20.0), 0.0, 10.0),
     "suv_mask": ("suv_mask", (0.0, 1.0), 0.0, 1.0),
+    # The CT's shape (docs/models.md, item 74): the CT-plain lesions the nets miss score 10-45 HU,
+    # lung nodules beside the heart more than any normal structure.
+    "ct_blob": ("ct_blob", (0.0, 40.0), 0.0, 20.0),
 }
 # What the node pads with and puts outside the CT box, per source (docs/models.md).
-AIR = {"suv": 0.0, "ct_hu": -1000.0, "anomaly_prior": 0.0, "suv_masked": 0.0, "suv_mask": 0.0}
+AIR = {"suv": 0.0, "ct_hu": -1000.0, "anomaly_prior": 0.0, "suv_masked": 0.0, "suv_mask": 0.0, "ct_blob": 0.0}
 # The model grid of every model here: 4 mm isotropic.
 SPACING_MM = 4.0
 VOXEL_ML = SPACING_MM**3 / 1000
@@ -118,6 +122,13 @@ class Case:
         self.truth = json.load(open(truth)) if os.path.exists(truth) else None
         # int16 indices: an int64 list of a whole body's voxels is tens of MB per case.
         self.body_voxels = np.argwhere(self.body != 0).astype(np.int16)
+
+    @functools.cached_property
+    def blob(self):
+        """The CT shape channel (the node's model_grid/ct_blob.nii.gz), read when a net asks for
+        it; None in cases made before item 74."""
+        path = os.path.join(self.folder, "model_grid", "ct_blob.nii.gz")
+        return read(path).astype(np.float32) if os.path.exists(path) else None
 
 
 def voxel_of(case, point_mm):

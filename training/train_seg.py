@@ -126,7 +126,10 @@ def sample(cases, rng, size, channels, prior_dropout=0.0, per_lesion=False, conf
 
 def case_inputs(case, channels):
     """Each channel's source volume (before normalisation) in `case`."""
-    sources = {"suv": case.suv, "ct_hu": case.ct, "anomaly_prior": case.prior}
+    sources = {"suv": case.suv, "ct_hu": case.ct, "anomaly_prior": case.prior, "ct_blob": case.blob}
+    missing = [c for c in channels if sources[data.CHANNELS[c][0]] is None]
+    if missing:
+        raise SystemExit(f"{case.folder}: no {', '.join(missing)} (ct_blob: made by make_data.py since item 74)")
     return [sources[data.CHANNELS[c][0]] for c in channels]
 
 

@@ -85,6 +85,8 @@ pub enum Source {
     SuvMasked,
     /// 1 where `suv` is above `mask_threshold_suv`, else 0.
     SuvMask,
+    /// How much the CT is a bright ball at each voxel, HU (`shape::ct_blob`).
+    CtBlob,
 }
 
 impl Source {
@@ -92,7 +94,7 @@ impl Source {
     pub fn air(self) -> f32 {
         match self {
             Source::CtHu => -1000.0,
-            Source::Suv | Source::AnomalyPrior | Source::SuvMasked | Source::SuvMask => 0.0,
+            Source::Suv | Source::AnomalyPrior | Source::SuvMasked | Source::SuvMask | Source::CtBlob => 0.0,
         }
     }
 
@@ -108,6 +110,7 @@ impl Source {
             Source::AnomalyPrior => "anomaly_prior",
             Source::SuvMasked => "suv_masked",
             Source::SuvMask => "suv_mask",
+            Source::CtBlob => "ct_blob",
         }
     }
 }

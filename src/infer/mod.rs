@@ -7,6 +7,7 @@
 pub mod draw;
 pub mod manifest;
 pub mod session;
+pub mod shape;
 pub mod stage;
 pub mod window;
 
@@ -58,12 +59,14 @@ impl InferError {
 }
 
 /// The physical channels on one model's grid: SUVbw (g/mL), CT (HU) and, for models that take
-/// it, the anomaly model's probability map resampled onto this grid.
+/// them, the anomaly model's probability map resampled onto this grid and the CT's shape
+/// (`shape::ct_blob`).
 #[derive(Debug, Clone, Copy)]
 pub struct Channels<'a> {
     pub suv: &'a Volume<f32>,
     pub ct_hu: &'a Volume<f32>,
     pub anomaly_prior: Option<&'a Volume<f32>>,
+    pub ct_blob: Option<&'a Volume<f32>>,
 }
 
 /// The anomaly model's result on its grid.
@@ -91,11 +94,13 @@ pub fn normalise(
             channels.ct_hu.geometry().dims
         )));
     }
-    if let Some(prior) = channels.anomaly_prior.filter(|p| p.geometry().dims != dims) {
-        return Err(InferError::Input(format!(
-            "anomaly prior grid {:?} differs from the SUV grid {dims:?}",
-            prior.geometry().dims
-        )));
+    for (name, v) in [("anomaly prior", channels.anomaly_prior), ("ct_blob", channels.ct_blob)] {
+        if let Some(v) = v.filter(|v| v.geometry().dims != dims) {
+            return Err(InferError::Input(format!(
+                "{name} grid {:?} differs from the SUV grid {dims:?}",
+                v.geometry().dims
+            )));
+        }
     }
     let mut sources: Vec<(&InputChannel, &[f32])> = Vec::with_capacity(inputs.len());
     for c in inputs {
@@ -105,6 +110,10 @@ pub fn normalise(
             Source::AnomalyPrior => channels
                 .anomaly_prior
                 .ok_or_else(|| InferError::Input("the model takes anomaly_prior but none was given".into()))?
+                .data(),
+            Source::CtBlob => channels
+                .ct_blob
+                .ok_or_else(|| InferError::Input("the model takes ct_blob but none was given".into()))?
                 .data(),
         };
         if matches!(c.source, Source::SuvMasked | Source::SuvMask) && mask_threshold_suv.is_none() {
@@ -126,7 +135,7 @@ pub fn normalise(
         let value: fn(f32, f32) -> f32 = match channel.source {
             Source::SuvMasked => |x, t| if x > t { 0.0 } else { x },
             Source::SuvMask => |x, t| if x > t { 1.0 } else { 0.0 },
-            Source::Suv | Source::CtHu | Source::AnomalyPrior => |x, _| x,
+            Source::Suv | Source::CtHu | Source::AnomalyPrior | Source::CtBlob => |x, _| x,
         };
         for (o, &x) in out.iter_mut().zip(from) {
             *o = channel.normalise(value(x, threshold));
@@ -402,7 +411,7 @@ mod tests {
             channel(Source::CtHu, [-1000.0, 1000.0], -200.0, 500.0),
             channel(Source::AnomalyPrior, [0.0, 1.0], 0.5, 0.5),
         ];
-        let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: Some(&prior) };
+        let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: Some(&prior), ct_blob: None };
         let t = normalise(&inputs, &channels, None).unwrap();
         assert_eq!(t.dims, [2, 1, 2]);
         assert_eq!(t.channels, 3);
@@ -426,7 +435,7 @@ mod tests {
             channel(Source::SuvMask, [0.0, 1.0], 0.0, 1.0),
             channel(Source::Suv, [0.0, 20.0], 0.0, 1.0),
         ];
-        let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None };
+        let channels = Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None, ct_blob: None };
         let t = normalise(&inputs, &channels, Some(3.0)).unwrap();
         assert_eq!(&t.data[..6], [0.5, 2.9, 3.0, 0.0, 0.0, 1.0]);
         assert_eq!(&t.data[6..12], [0.0, 0.0, 0.0, 1.0, 1.0, 0.0]);
@@ -440,9 +449,12 @@ mod tests {
         let suv = volume([2, 2, 2], vec![0.0; 8]);
         let ct = volume([2, 2, 1], vec![0.0; 4]);
         let inputs = [channel(Source::Suv, [0.0, 20.0], 0.0, 10.0)];
-        assert!(normalise(&inputs, &Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None }, None).is_err());
+        assert!(
+            normalise(&inputs, &Channels { suv: &suv, ct_hu: &ct, anomaly_prior: None, ct_blob: None }, None).is_err()
+        );
         let prior = [channel(Source::AnomalyPrior, [0.0, 1.0], 0.0, 1.0)];
-        let e = normalise(&prior, &Channels { suv: &suv, ct_hu: &suv, anomaly_prior: None }, None).unwrap_err();
+        let e = normalise(&prior, &Channels { suv: &suv, ct_hu: &suv, anomaly_prior: None, ct_blob: None }, None)
+            .unwrap_err();
         assert!(e.to_string().contains("anomaly_prior"), "{e}");
     }
 

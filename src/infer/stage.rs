@@ -12,7 +12,8 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 use super::draw::draw;
-use super::{Channels, InferError, Models};
+use super::shape::ct_blob;
+use super::{Channels, InferError, Models, Source};
 use crate::geometry::model_grid::{from_grid, mask_to_grid, model_grid, to_grid};
 use crate::geometry::{Rigid, resample_linear};
 use crate::quantify::Mask;
@@ -76,22 +77,31 @@ struct GridChannels {
     suv: Volume<f32>,
     ct_hu: Volume<f32>,
     body: Mask,
+    /// Only when a model on this grid takes it.
+    ct_blob: Option<Volume<f32>>,
 }
 
 impl GridChannels {
-    fn new(suv_on_ct: &Volume<f32>, ct_hu: &Volume<f32>, body: &Mask, spacing_mm: [f64; 3]) -> Self {
+    fn new(suv_on_ct: &Volume<f32>, ct_hu: &Volume<f32>, body: &Mask, spacing_mm: [f64; 3], with_blob: bool) -> Self {
         let full = model_grid(ct_hu.geometry(), spacing_mm);
         let body_full = mask_to_grid(body, &full);
         let grid = crop_to(&body_full, CROP_MARGIN_MM);
         let (suv, ct_hu) = rayon::join(|| to_grid(suv_on_ct, &grid, 0.0), || to_grid(ct_hu, &grid, AIR_HU));
-        let body = crop_mask(&body_full, &grid);
-        Self { full, suv, ct_hu, body }
+        let body = crop(&body_full, &grid);
+        // Computed within the body's box, which the crop holds whole: the same values as on the
+        // whole grid (`run --export-volumes`, what training reads).
+        let ct_blob = with_blob.then(|| ct_blob(&ct_hu, &body));
+        Self { full, suv, ct_hu, body, ct_blob }
+    }
+
+    fn channels<'a>(&'a self, anomaly_prior: Option<&'a Volume<f32>>) -> Channels<'a> {
+        Channels { suv: &self.suv, ct_hu: &self.ct_hu, anomaly_prior, ct_blob: self.ct_blob.as_ref() }
     }
 }
 
 /// The sub-grid of `mask`'s grid that holds its foreground plus `margin_mm` (the whole grid when
 /// the mask is empty).
-fn crop_to(mask: &Mask, margin_mm: f64) -> Geometry {
+pub(super) fn crop_to(mask: &Mask, margin_mm: f64) -> Geometry {
     let g = mask.geometry();
     let [nx, ny, _] = g.dims;
     let (lo, hi) = mask
@@ -125,21 +135,21 @@ fn crop_to(mask: &Mask, margin_mm: f64) -> Geometry {
     }
 }
 
-/// `mask` (on a grid) read on a sub-grid of it.
-fn crop_mask(mask: &Mask, sub: &Geometry) -> Mask {
-    let g = mask.geometry();
+/// `volume` (on a grid) read on a sub-grid of it.
+pub(super) fn crop<T: Copy + Default + Send + Sync>(volume: &Volume<T>, sub: &Geometry) -> Volume<T> {
+    let g = volume.geometry();
     let first = g.patient_to_index(sub.origin_mm).map(|v| v.round() as usize);
     let [nx, ny, _] = g.dims;
     let [sx, sy, _] = sub.dims;
-    let mut data = vec![0u8; sub.voxel_count().unwrap_or(0)];
+    let mut data = vec![T::default(); sub.voxel_count().unwrap_or(0)];
     data.par_chunks_mut(sx * sy).enumerate().for_each(|(k, slice)| {
         for (j, row) in slice.chunks_exact_mut(sx).enumerate() {
             let start = ((first[2] + k) * ny + first[1] + j) * nx + first[0];
-            row.copy_from_slice(&mask.data()[start..start + sx]);
+            row.copy_from_slice(&volume.data()[start..start + sx]);
         }
     });
     // `sub` sized `data`.
-    Volume::new(sub.clone(), data).expect("cropped mask matches its geometry")
+    Volume::new(sub.clone(), data).expect("cropped volume matches its geometry")
 }
 
 /// Runs every configured model on the study: `suv_on_ct` (SUVbw on the CT grid), `ct_hu` and the
@@ -156,12 +166,18 @@ pub fn run_models(
     };
     // One set of channels per distinct model spacing.
     let mut grids: Vec<([f64; 3], GridChannels)> = Vec::new();
+    let blob_at: Vec<[f64; 3]> = models
+        .iter()
+        .map(|m| m.manifest())
+        .filter(|m| m.inputs.iter().any(|i| i.source == Source::CtBlob))
+        .map(|m| m.spacing_mm)
+        .collect();
     let channels_at = |grids: &mut Vec<([f64; 3], GridChannels)>, seconds: &mut Vec<PartSeconds>, spacing: [f64; 3]| {
         if let Some(i) = grids.iter().position(|(s, _)| *s == spacing) {
             return i;
         }
         let t = Instant::now();
-        grids.push((spacing, GridChannels::new(suv_on_ct, ct_hu, body, spacing)));
+        grids.push((spacing, GridChannels::new(suv_on_ct, ct_hu, body, spacing, blob_at.contains(&spacing))));
         tracing::debug!(?spacing, seconds = t.elapsed().as_secs_f64(), "channels on the model grid");
         took(seconds, format!("channels on the {spacing:?} mm grid"), t);
         grids.len() - 1
@@ -171,7 +187,7 @@ pub fn run_models(
     if let Some(model) = models.anomaly() {
         let i = channels_at(&mut grids, &mut inferred.seconds, model.manifest().spacing_mm);
         let g = &grids[i].1;
-        let channels = Channels { suv: &g.suv, ct_hu: &g.ct_hu, anomaly_prior: None };
+        let channels = g.channels(None);
         let t = Instant::now();
         let map = model.anomaly(&channels, &g.body)?;
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
@@ -194,7 +210,7 @@ pub fn run_models(
                 resample_linear(p, g.suv.geometry(), &Rigid::IDENTITY, 0.0)
             }
         });
-        let channels = Channels { suv: &g.suv, ct_hu: &g.ct_hu, anomaly_prior: prior_here.as_ref() };
+        let channels = g.channels(prior_here.as_ref());
         let t = Instant::now();
         let p = model.segment(&channels)?;
         tracing::debug!(model = model.name(), seconds = t.elapsed().as_secs_f64(), "windows");
@@ -245,7 +261,7 @@ mod tests {
         // x 9..12 ± 2, y 4..6 ± 2, z 3..5 ± 2 (7 is the last slice).
         assert_eq!(sub.dims, [8, 7, 7]);
         assert_eq!(sub.origin_mm, g.index_to_patient([7.0, 2.0, 1.0]));
-        let cropped = crop_mask(&mask, &sub);
+        let cropped = crop(&mask, &sub);
         assert_eq!(cropped.data().iter().filter(|&&v| v != 0).count(), 2);
         assert_eq!(cropped.data()[(2 * 7 + 2) * 8 + 2], 1);
         let empty = Volume::new(g.clone(), vec![0u8; 1600]).unwrap();

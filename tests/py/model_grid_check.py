@@ -1,7 +1,7 @@
 """Checks OUT/model_grid/*.nii.gz against the CT-grid exports of the same run, independently of
 the node: the grid's box and direction, activity and CT values preserved, air outside. Also
 checks training/nifti.py (the training chain's reader and label writer, which replaced
-SimpleITK there) against SimpleITK on the same files.
+SimpleITK there) against SimpleITK on the same files, and the node's `ct_blob` against training/blob_channel.py (scipy).
 Usage: model_grid_check.py OUT SPACING_MM; prints one JSON object."""
 import json
 import os
@@ -13,6 +13,7 @@ import SimpleITK as sitk
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "training"))
 import nifti  # noqa: E402
+from blob_channel import ct_blob  # noqa: E402
 
 out, spacing = sys.argv[1], float(sys.argv[2])
 fine = {n: sitk.ReadImage(f"{out}/{n}.nii.gz") for n in ("suv_on_ct", "ct_hu")}
@@ -69,6 +70,15 @@ def training_reader_errors():
             "label_geometry_error_mm": geometry, "fraction_mismatches": fractions}
 
 
+def ct_blob_check():
+    """The node's shape channel against scipy's filter on the node's own CT and body."""
+    ours = nifti.read(f"{out}/model_grid/ct_blob.nii.gz").array
+    ct, body = (nifti.read(f"{out}/model_grid/{n}.nii.gz").array for n in ("ct_hu", "body"))
+    want = ct_blob(ct, body, spacing_mm=spacing)
+    return {"error": float(np.abs(ours - want).max()), "max": float(want.max()),
+            "outside_body_max": float(np.abs(ours[body == 0]).max())}
+
+
 print(json.dumps({
     "size": list(grid.GetSize()),
     "expected_size": [max(1, int(np.floor(e / spacing + 0.5))) for e in extent],
@@ -81,4 +91,5 @@ print(json.dumps({
     # HU + 1000 is zero in air: its integral is kept like the activity's.
     "density_ratio": float(activity(hu + 1000.0, grid) / activity(sitk.GetArrayFromImage(ct) + 1000.0, ct)),
     "training_reader": training_reader_errors(),
+    "ct_blob": ct_blob_check(),
 }))
