@@ -55,8 +55,9 @@ fn blob_in_box(ct: &Volume<f32>, body: &Mask) -> Vec<f32> {
     let mut best = vec![0f32; a.len()];
     for sigma in SIGMAS_MM {
         // Axes in scipy's order (z, y, x), each with its Gaussian of order 0, 1 or 2.
-        let k = |axis: usize, order: usize| kernel(sigma / g.spacing_mm[axis], order);
-        let along = |src: &[f32], axis: usize, order: usize| filter(src, dims, axis, &k(axis, order));
+        let kernels: [[Vec<f64>; 3]; 3] =
+            std::array::from_fn(|axis| std::array::from_fn(|order| kernel(sigma / g.spacing_mm[axis], order)));
+        let along = |src: &[f32], axis: usize, order: usize| filter(src, dims, axis, &kernels[axis][order]);
         let z: [Vec<f32>; 3] = std::array::from_fn(|o| along(&a, 2, o));
         let (y0z0, y1z0, y2z0) = (along(&z[0], 1, 0), along(&z[0], 1, 1), along(&z[0], 1, 2));
         let (y0z1, y1z1, y0z2) = (along(&z[1], 1, 0), along(&z[1], 1, 1), along(&z[2], 1, 0));
@@ -71,17 +72,14 @@ fn blob_in_box(ct: &Volume<f32>, body: &Mask) -> Vec<f32> {
         ];
         let s = [g.spacing_mm[2], g.spacing_mm[1], g.spacing_mm[0]];
         // Per voxel² -> per mm², times σ²: HU.
-        let norm = |i: usize, j: usize| sigma * sigma / (s[i] * s[j]);
+        let norm: [[f64; 3]; 3] = std::array::from_fn(|i| std::array::from_fn(|j| sigma * sigma / (s[i] * s[j])));
         best.par_iter_mut().zip(body.data().par_iter()).enumerate().for_each(|(v, (b, &inside))| {
             let [zz, yy, xx, zy, zx, yx] = h.each_ref().map(|c| c[v]);
             if inside == 0 || zz + yy + xx >= 0.0 {
                 return; // a ball has a negative trace
             }
-            let m = [
-                [f64::from(zz) * norm(0, 0), f64::from(zy) * norm(0, 1), f64::from(zx) * norm(0, 2)],
-                [f64::from(zy) * norm(0, 1), f64::from(yy) * norm(1, 1), f64::from(yx) * norm(1, 2)],
-                [f64::from(zx) * norm(0, 2), f64::from(yx) * norm(1, 2), f64::from(xx) * norm(2, 2)],
-            ];
+            let hessian = [[zz, zy, zx], [zy, yy, yx], [zx, yx, xx]];
+            let m = std::array::from_fn(|i| std::array::from_fn(|j| f64::from(hessian[i][j]) * norm[i][j]));
             *b = b.max((-largest_eigenvalue(m)).max(0.0) as f32);
         });
     }
