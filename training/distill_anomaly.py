@@ -116,16 +116,15 @@ def loss_fn(out, x, y, body):
 
 
 def whole_grid(net, case):
-    """The student's output on the case's whole grid in one pass (padded to the size multiple), as
-    the node serves a batch-normalised net."""
+    """The student's output on the case's whole grid, windowed as the node serves a
+    batch-normalised net (patch_fits_grid: one window where the grid fits data.SERVE_PATCH)."""
+    def predict(b):
+        with torch.no_grad():
+            return net(torch.from_numpy(b)).float().numpy()
+
     x = data.anomaly_inputs(case.suv, case.ct, case.suv > data.MASK_THRESHOLD_SUV)
-    shape = x.shape[1:]
-    padded = [-(-n // data.SIZE_MULTIPLE) * data.SIZE_MULTIPLE for n in shape]
-    pad = np.stack([np.full(padded, v, np.float32) for v in data.air_values(data.ANOMALY_CHANNELS)])
-    pad[:, :shape[0], :shape[1], :shape[2]] = x
-    with torch.no_grad():
-        out = net(torch.from_numpy(pad)[None]).float().numpy()[0]
-    return out[:, :shape[0], :shape[1], :shape[2]]
+    return window.infer(predict, x, patch=data.SERVE_PATCH, batch_size=1,
+                        pad_values=data.air_values(data.ANOMALY_CHANNELS), fit=True)
 
 
 def check(net, cases, teach, cal):
