@@ -11,7 +11,9 @@ training did, blobs of normal tissue (train_anomaly.hide_spheres), so that "hidd
 come to mean "hot". The calibration, the study score and the segmentation nets' prior are to keep
 their meaning; a detector trained anew with batch normalisation did not separate the studies
 (training/README.md item 38). --check compares the student on whole grids with the teacher as
-the node serves it (its Gaussian-blended windows, calibrate_anomaly.reconstruct).
+the node serves it (its Gaussian-blended windows, calibrate_anomaly.reconstruct). --hot-weight
+weighs the voxels the prior and the study score are made of more (training/README.md item 78);
+--init goes on from a student checkpoint.
 
     distill_anomaly.py --teacher models/anomaly-ae.onnx --data var/training/normal var/training/lesion-plain \\
         --seeds 1000-1027,2000-2031 --out var/training/anomaly-distilled.pt --steps 2500 --lr 1e-3 --bf16 \\
@@ -101,18 +103,24 @@ def batch(cases, rng, size, n, hot_centre):
     return [torch.from_numpy(np.stack(a)) for a in (xs, suvs, bodies)]
 
 
-def loss_fn(out, x, y, body):
+def loss_fn(out, x, y, body, hot_z, hot_weight):
     """L1 of z over its working range, plus the mean and log-variance themselves, the body at full
-    weight and the air around it at 1 %."""
+    weight and the air around it at 1 %. Voxels where either z passes hot_z (the prior's lower end:
+    those the prior and the study score are made of) weigh 1 + hot_weight in the z term, so that a
+    few wrong hot voxels, which the score's hottest 1 mL hangs on, cost more than their share."""
     out = out.float()
     w = 0.01 + 0.99 * body
     zs = z_of(x, out).clamp(*Z_RANGE)
     zt = z_of(x, y).clamp(*Z_RANGE)
     total = w.sum()
-    lz = (w * (zs - zt).abs()).sum() / total
+    dz = (zs - zt).abs()
+    hot = (torch.maximum(zs, zt).detach() > hot_z).float() * w
+    lz = (w * dz).sum() / total
+    lh = (hot * dz).sum() / hot.sum().clamp(min=1)
     lm = (w * (out[:, 0:1] - y[:, 0:1]).abs()).sum() / total
     lv = (w * (out[:, 1:2] - y[:, 1:2]).abs()).sum() / total
-    return lz + 10 * lm + 0.5 * lv, (lz, lm, lv)
+    loss = lz + hot_weight * (hot * dz).sum() / total + 10 * lm + 0.5 * lv
+    return loss, (lz, lh, lm, lv)
 
 
 def whole_grid(net, case):
@@ -156,6 +164,9 @@ def main():
     p.add_argument("--seeds", help="train on these seeds only, e.g. 1000-1031,2000-2031")
     p.add_argument("--out", required=True)
     p.add_argument("--hot-centre", type=float, default=0.5, help="the share of patches centred on a hot voxel")
+    p.add_argument("--hot-weight", type=float, default=0.0,
+                   help="the extra weight of voxels whose z passes the prior's lower end (item 78: 10)")
+    p.add_argument("--init", help="a student checkpoint of this script to go on from, instead of the teacher's weights")
     p.add_argument("--check", help="seeds, not trained on, to compare with the teacher at the end, e.g. 2032-2039")
     loop.add_args(p)
     args = p.parse_args()
@@ -168,6 +179,8 @@ def main():
     cases = [data.Case(f) for root in args.data for f in data.folders(root, args.seeds)]
     print(f"{len(cases)} studies, teacher sha256 {sha[:12]}", flush=True)
     net = carrying(weights, args.base, "batch")
+    if args.init:
+        net.load_state_dict(torch.load(args.init)["state_dict"])
     size = (args.patch,) * 3
 
     def step(net, report):
@@ -175,8 +188,9 @@ def main():
         with torch.no_grad(), torch.autocast(torch.device(args.device).type, enabled=False):
             y = teacher(x)
         out = net(x)
-        loss, (lz, lm, lv) = loss_fn(out, suv, y, body)
-        return loss, f"|dz| {lz.item():.3f} |dmean| {lm.item():.4f} |dlogvar| {lv.item():.3f}" if report else ""
+        loss, (lz, lh, lm, lv) = loss_fn(out, suv, y, body, cal["prior_z_low"], args.hot_weight)
+        return loss, (f"|dz| {lz.item():.3f} hot {lh.item():.3f} |dmean| {lm.item():.4f} "
+                      f"|dlogvar| {lv.item():.3f}") if report else ""
 
     def checkpoint(net, steps):
         return {"task": "anomaly", "channels": data.ANOMALY_CHANNELS, "state_dict": net.state_dict(),
