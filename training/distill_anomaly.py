@@ -81,14 +81,19 @@ def z_of(x, out):
     return (x - out[:, 0:1]) * torch.exp(-out[:, 1:2] / 2)
 
 
-def batch(cases, rng, size, n, hot_centre):
+def hot_voxels(case):
+    """The body's voxels above the threshold (organs and lesions), found once a case."""
+    return np.argwhere((case.suv > data.MASK_THRESHOLD_SUV) & (case.body != 0))
+
+
+def batch(cases, hots, rng, size, n, hot_centre):
     """Inputs as the node gives them (voxels above the threshold hidden) with blobs of normal tissue
     hidden as well, and the normalised SUV and the body, for `n` random patches; a share centred on
-    a hot voxel (organs and lesions, where the prior has to hold)."""
+    a hot voxel of `hots` (organs and lesions, where the prior has to hold)."""
     xs, suvs, bodies = [], [], []
     for _ in range(n):
-        case = cases[rng.integers(len(cases))]
-        hot = np.argwhere((case.suv > data.MASK_THRESHOLD_SUV) & (case.body != 0))
+        i = rng.integers(len(cases))
+        case, hot = cases[i], hots[i]
         if len(hot) and rng.random() < hot_centre:
             centre = hot[rng.integers(len(hot))]
         else:
@@ -116,10 +121,11 @@ def loss_fn(out, x, y, body, hot_z, hot_weight):
     dz = (zs - zt).abs()
     hot = (torch.maximum(zs, zt).detach() > hot_z).float() * w
     lz = (w * dz).sum() / total
-    lh = (hot * dz).sum() / hot.sum().clamp(min=1)
+    hot_sum = (hot * dz).sum()
+    lh = hot_sum / hot.sum().clamp(min=1)
     lm = (w * (out[:, 0:1] - y[:, 0:1]).abs()).sum() / total
     lv = (w * (out[:, 1:2] - y[:, 1:2]).abs()).sum() / total
-    loss = lz + hot_weight * (hot * dz).sum() / total + 10 * lm + 0.5 * lv
+    loss = lz + hot_weight * hot_sum / total + 10 * lm + 0.5 * lv
     return loss, (lz, lh, lm, lv)
 
 
@@ -165,7 +171,7 @@ def main():
     p.add_argument("--out", required=True)
     p.add_argument("--hot-centre", type=float, default=0.5, help="the share of patches centred on a hot voxel")
     p.add_argument("--hot-weight", type=float, default=0.0,
-                   help="the extra weight of voxels whose z passes the prior's lower end (item 78: 10)")
+                   help="the extra weight of voxels whose z passes the prior's lower end (item 78: 20)")
     p.add_argument("--init", help="a student checkpoint of this script to go on from, instead of the teacher's weights")
     p.add_argument("--check", help="seeds, not trained on, to compare with the teacher at the end, e.g. 2032-2039")
     loop.add_args(p)
@@ -177,6 +183,7 @@ def main():
     weights = teacher_weights(args.teacher)
     teacher = carrying(weights, args.base, "instance").eval()
     cases = [data.Case(f) for root in args.data for f in data.folders(root, args.seeds)]
+    hots = [hot_voxels(c) for c in cases]
     print(f"{len(cases)} studies, teacher sha256 {sha[:12]}", flush=True)
     net = carrying(weights, args.base, "batch")
     if args.init:
@@ -184,7 +191,7 @@ def main():
     size = (args.patch,) * 3
 
     def step(net, report):
-        x, suv, body = (t.to(args.device) for t in batch(cases, rng, size, args.batch, args.hot_centre))
+        x, suv, body = (t.to(args.device) for t in batch(cases, hots, rng, size, args.batch, args.hot_centre))
         with torch.no_grad(), torch.autocast(torch.device(args.device).type, enabled=False):
             y = teacher(x)
         out = net(x)
