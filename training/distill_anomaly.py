@@ -13,7 +13,11 @@ their meaning; a detector trained anew with batch normalisation did not separate
 (training/README.md item 38). --check compares the student on whole grids with the teacher as
 the node serves it (its Gaussian-blended windows, calibrate_anomaly.reconstruct). --hot-weight
 weighs the voxels the prior and the study score are made of more (training/README.md item 78);
---init goes on from a student checkpoint.
+--init goes on from a student checkpoint. --served-targets learns the teacher as the node serves
+it instead (its blended windows on the whole grid, cached beside each case) from the node's own
+inputs, no blobs hidden: the map the score and the prior are read from, not one window's answer
+(item 81). --check also gives the study scores' AUROC of both where it holds lesion and normal
+studies.
 
     distill_anomaly.py --teacher models/anomaly-ae.onnx --data var/training/normal var/training/lesion-plain \\
         --seeds 1000-1027,2000-2031 --out var/training/anomaly-distilled.pt --steps 2500 --lr 1e-3 --bf16 \\
@@ -29,6 +33,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+import anomaly_auroc
 import calibrate_anomaly
 import data
 import loop
@@ -86,11 +91,21 @@ def hot_voxels(case):
     return np.argwhere((case.suv > data.MASK_THRESHOLD_SUV) & (case.body != 0))
 
 
-def batch(cases, hots, rng, size, n, hot_centre):
+def within(shape, centre, size):
+    """1 where data.crop's `size` box around `centre` lies inside a grid of `shape`, else 0."""
+    out = np.zeros(size, np.float32)
+    lo = [c - s // 2 for c, s in zip(centre, size)]
+    out[tuple(slice(max(-l, 0), min(n - l, s)) for l, s, n in zip(lo, size, shape))] = 1
+    return out
+
+
+def batch(cases, hots, rng, size, n, hot_centre, served=None):
     """Inputs as the node gives them (voxels above the threshold hidden) with blobs of normal tissue
     hidden as well, and the normalised SUV and the body, for `n` random patches; a share centred on
-    a hot voxel of `hots` (organs and lesions, where the prior has to hold)."""
-    xs, suvs, bodies = [], [], []
+    a hot voxel of `hots` (organs and lesions, where the prior has to hold). With `served` (each
+    case's teacher map as the node serves it) no blob is hidden and the batch also holds that map's
+    patch and where the patch lies inside the grid (the map's extent)."""
+    xs, suvs, bodies, ys, inside = [], [], [], [], []
     for _ in range(n):
         i = rng.integers(len(cases))
         case, hot = cases[i], hots[i]
@@ -101,20 +116,24 @@ def batch(cases, hots, rng, size, n, hot_centre):
         suv = data.crop(case.suv, centre, size, 0.0)
         ct = data.crop(case.ct, centre, size, -1000.0)
         body = data.crop(case.body, centre, size, 0)
-        hidden = train_anomaly.hide_spheres(suv > data.MASK_THRESHOLD_SUV, body, rng)
+        hidden = suv > data.MASK_THRESHOLD_SUV
+        if served is None:
+            hidden = train_anomaly.hide_spheres(hidden, body, rng)
+        else:
+            ys.append(np.stack([data.crop(c, centre, size, 0.0) for c in served[i]]))
+            inside.append(within(case.suv.shape, centre, size)[None])
         xs.append(data.anomaly_inputs(suv, ct, hidden))
         suvs.append(data.normalise("suv", suv)[None])
         bodies.append(body[None].astype(np.float32))
-    return [torch.from_numpy(np.stack(a)) for a in (xs, suvs, bodies)]
+    return [torch.from_numpy(np.stack(a)) for a in (xs, suvs, bodies, ys, inside) if a]
 
 
-def loss_fn(out, x, y, body, hot_z, hot_weight):
-    """L1 of z over its working range, plus the mean and log-variance themselves, the body at full
-    weight and the air around it at 1 %. Voxels where either z passes hot_z (the prior's lower end:
+def loss_fn(out, x, y, w, hot_z, hot_weight):
+    """L1 of z over its working range, plus the mean and log-variance themselves, weighed by `w`
+    (body_weight). Voxels where either z passes hot_z (the prior's lower end:
     those the prior and the study score are made of) weigh 1 + hot_weight in the z term, so that a
     few wrong hot voxels, which the score's hottest 1 mL hangs on, cost more than their share."""
     out = out.float()
-    w = 0.01 + 0.99 * body
     zs = z_of(x, out).clamp(*Z_RANGE)
     zt = z_of(x, y).clamp(*Z_RANGE)
     total = w.sum()
@@ -127,6 +146,13 @@ def loss_fn(out, x, y, body, hot_z, hot_weight):
     lv = (w * (out[:, 1:2] - y[:, 1:2]).abs()).sum() / total
     loss = lz + hot_weight * hot_sum / total + 10 * lm + 0.5 * lv
     return loss, (lz, lh, lm, lv)
+
+
+def body_weight(body, inside=None):
+    """The body at full weight and the air around it at 1 %; nothing beyond the grid's edge, where
+    a served map has no value (`inside`)."""
+    w = 0.01 + 0.99 * body
+    return w if inside is None else w * inside
 
 
 def whole_grid(net, case):
@@ -142,8 +168,10 @@ def whole_grid(net, case):
 
 
 def check(net, cases, teach, cal):
-    """How far the student's z, prior and study score lie from the teacher's, case by case."""
+    """How far the student's z, prior and study score lie from the teacher's, case by case, and
+    how well each one's score separates the lesion studies from the normal ones."""
     net.eval()
+    scores = []
     prior = (cal["prior_z_low"], cal["prior_z_high"])
     score = (cal["z_low"], cal["z_high"])
     for case, t in zip(cases, teach):
@@ -159,6 +187,12 @@ def check(net, cases, teach, cal):
               f"{np.median(np.abs(zt - zs)):.3f} p99 {np.quantile(np.abs(zt - zs), 0.99):.3f}; prior > 0.5 "
               f"{on_t.sum()} / {on_s.sum()} voxels (Dice {dice:.3f}), |dprior| mean {np.abs(pt - ps).mean():.4f}; "
               f"score {st:.3f} / {ss:.3f}", flush=True)
+        scores.append((case.meta["normal"], st, ss))
+    lesion, normal = ([s for s in scores if s[0] == n] for n in (False, True))
+    if lesion and normal:
+        aurocs = [anomaly_auroc.auroc([s[k] for s in lesion], [s[k] for s in normal]) for k in (1, 2)]
+        print(f"check AUROC over {len(lesion)} lesion and {len(normal)} normal studies: teacher {aurocs[0]:.4f}, "
+              f"student {aurocs[1]:.4f}", flush=True)
     net.train()
 
 
@@ -173,6 +207,8 @@ def main():
     p.add_argument("--hot-weight", type=float, default=0.0,
                    help="the extra weight of voxels whose z passes the prior's lower end (item 78: 20)")
     p.add_argument("--init", help="a student checkpoint of this script to go on from, instead of the teacher's weights")
+    p.add_argument("--served-targets", action="store_true",
+                   help="learn the teacher's map as the node serves it (cached), not its answer on each patch")
     p.add_argument("--check", help="seeds, not trained on, to compare with the teacher at the end, e.g. 2032-2039")
     loop.add_args(p)
     args = p.parse_args()
@@ -190,12 +226,23 @@ def main():
         net.load_state_dict(torch.load(args.init)["state_dict"])
     size = (args.patch,) * 3
 
+    # The teacher as the node serves it (onnxruntime): the served targets' and the check's.
+    session = window.session(args.teacher, args.threads) if args.served_targets or args.check else None
+    served = None
+    if args.served_targets:
+        served = [targets(session, c, c.folder, sha) for c in cases]
+        print(f"the teacher's served maps of {len(served)} studies at hand", flush=True)
+
     def step(net, report):
-        x, suv, body = (t.to(args.device) for t in batch(cases, hots, rng, size, args.batch, args.hot_centre))
-        with torch.no_grad(), torch.autocast(torch.device(args.device).type, enabled=False):
-            y = teacher(x)
+        parts = [t.to(args.device) for t in batch(cases, hots, rng, size, args.batch, args.hot_centre, served)]
+        if served is None:
+            (x, suv, body), inside = parts, None
+            with torch.no_grad(), torch.autocast(torch.device(args.device).type, enabled=False):
+                y = teacher(x)
+        else:
+            x, suv, body, y, inside = parts
         out = net(x)
-        loss, (lz, lh, lm, lv) = loss_fn(out, suv, y, body, cal["prior_z_low"], args.hot_weight)
+        loss, (lz, lh, lm, lv) = loss_fn(out, suv, y, body_weight(body, inside), cal["prior_z_low"], args.hot_weight)
         return loss, (f"|dz| {lz.item():.3f} hot {lh.item():.3f} |dmean| {lm.item():.4f} "
                       f"|dlogvar| {lv.item():.3f}") if report else ""
 
@@ -207,7 +254,6 @@ def main():
     teacher.to(args.device)
     loop.train(net, args, step, checkpoint)
     if args.check:
-        session = window.session(args.teacher, args.threads)
         checked = [(data.Case(f), f) for root in args.data for f in data.folders(root, args.check)]
         net.to("cpu")
         check(net, [c for c, _ in checked], [targets(session, c, f, sha) for c, f in checked], cal)
