@@ -91,14 +91,6 @@ def hot_voxels(case):
     return np.argwhere((case.suv > data.MASK_THRESHOLD_SUV) & (case.body != 0))
 
 
-def within(shape, centre, size):
-    """1 where data.crop's `size` box around `centre` lies inside a grid of `shape`, else 0."""
-    out = np.zeros(size, np.float32)
-    lo = [c - s // 2 for c, s in zip(centre, size)]
-    out[tuple(slice(max(-l, 0), min(n - l, s)) for l, s, n in zip(lo, size, shape))] = 1
-    return out
-
-
 def batch(cases, hots, rng, size, n, hot_centre, served=None):
     """Inputs as the node gives them (voxels above the threshold hidden) with blobs of normal tissue
     hidden as well, and the normalised SUV and the body, for `n` random patches; a share centred on
@@ -120,8 +112,10 @@ def batch(cases, hots, rng, size, n, hot_centre, served=None):
         if served is None:
             hidden = train_anomaly.hide_spheres(hidden, body, rng)
         else:
-            ys.append(np.stack([data.crop(c, centre, size, 0.0) for c in served[i]]))
-            inside.append(within(case.suv.shape, centre, size)[None])
+            # NaN marks the patch beyond the grid's edge, where the served map has no value.
+            y = np.stack([data.crop(c, centre, size, np.nan) for c in served[i]])
+            inside.append(np.isfinite(y[:1]).astype(np.float32))
+            ys.append(np.nan_to_num(y, nan=0.0))
         xs.append(data.anomaly_inputs(suv, ct, hidden))
         suvs.append(data.normalise("suv", suv)[None])
         bodies.append(body[None].astype(np.float32))
